@@ -1,0 +1,46 @@
+# Two commands for a fresh machine: `make pipeline` and `make test` (README quickstart).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel of torch pinned for these machines; GPU users override, e.g. `make pipeline TORCH_SPEC=torch==2.13.0`
+# with their own index configured in pip.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+# Offline and quiet: every tool's telemetry switch (STACK-NOTES 5), one thread per test process (STACK-NOTES 9).
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export TOKENIZERS_PARALLELISM := false
+export PYTHONUNBUFFERED := 1
+export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site_cache
+
+.PHONY: venv data pipeline test test-fast clean
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+# The demo's raw data, generated deterministically (same bytes, same DVC hash as data.dvc on any machine).
+data: venv
+	$(VENV)/bin/rlhf demo-data data
+
+pipeline: data
+	$(VENV)/bin/rlhf run
+
+test: venv
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf artifacts metrics plots mlflow.db mlartifacts .prefect

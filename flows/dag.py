@@ -1,0 +1,52 @@
+"""The stage graph, read from dvc.yaml through DVC itself (DESIGN invariant 1: one DAG, defined once)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _repo(root: str | Path = "."):
+    from dvc.repo import Repo
+    return Repo(str(root))
+
+
+def stage_order(root: str | Path = ".") -> list[str]:
+    """Names of the dvc.yaml stages in dependency order (ties broken by their order in dvc.yaml)."""
+    import networkx as nx
+    import yaml
+
+    declared = list((yaml.safe_load(Path(root, "dvc.yaml").read_text()) or {}).get("stages", {}))
+    with _repo(root) as repo:
+        graph = repo.index.graph                      # edges point from a stage to the stages it depends on
+        stages = {s.addressing: s for s in graph.nodes if s.addressing in declared}
+        sub = graph.subgraph(stages.values()).reverse(copy=True)
+        order = nx.lexicographical_topological_sort(sub, key=lambda s: declared.index(s.addressing))
+        return [s.addressing for s in order]
+
+
+def stale_reasons(stage: str, root: str | Path = ".") -> list[str]:
+    """Why ``stage`` would run under `dvc repro` (empty when it is up to date)."""
+    with _repo(root) as repo:
+        status = repo.status(targets=[stage])
+    reasons = []
+    for entries in status.values():
+        for entry in entries:
+            if isinstance(entry, dict):
+                for kind, changes in entry.items():
+                    items = changes.items() if isinstance(changes, dict) else [(changes, "")]
+                    reasons.extend(f"{kind} {k}: {v}".strip(": ") for k, v in items)
+            else:
+                reasons.append(str(entry))
+    return reasons
+
+
+def commit(stage: str, root: str | Path = ".") -> None:
+    """Record the stage's deps, params and outs in dvc.lock and cache its outputs, as `dvc repro` would."""
+    with _repo(root) as repo:
+        repo.commit(stage, force=True)
+
+
+def configure(root: str | Path = ".") -> None:
+    """Keep DVC's site cache inside the project (STACK-NOTES trap 7) and analytics off."""
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    os.environ.setdefault("DVC_SITE_CACHE_DIR", str(Path(root).resolve() / ".dvc" / "tmp" / "site_cache"))

@@ -1,0 +1,325 @@
+"""Typed configuration: params.yaml loads into frozen dataclasses (DESIGN.md invariant 3).
+
+Every top-level section of params.yaml is one stage and maps onto one dataclass below. Unknown or misspelt keys
+are errors that name the full key path (``ppo.cliprang: unknown key (did you mean 'cliprange'?)``); cross-field
+rules are checked in ``__post_init__`` so an invalid config never reaches a training loop.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params.yaml problem; the message names the file and the key."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One supervised training loop (pretrain, SFT, reward model)."""
+    epochs: float = 1.0                 # fractional epochs allowed (a budget in passes over the data)
+    batch_size: int = 32                # sequences (or rankings, for the reward model) per optimiser step
+    grad_accum: int = 1                 # micro-batches per optimiser step; batch_size must divide by it
+    lr: float = 3e-4
+    lr_schedule: str = "cosine"         # constant | linear | cosine (after warmup)
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int = 64                # tokens per sequence; longer ones are truncated on the left of the prompt
+    log_every: int = 10
+    checkpoint_every: int = 0           # optimiser steps between checkpoints; 0 = none
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, "epochs must be > 0")
+        _check(self.batch_size % self.grad_accum == 0, f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
+        _check(self.lr_schedule in ("constant", "linear", "cosine"), f"lr_schedule must be constant|linear|cosine, not {self.lr_schedule!r}")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)")
+        _check(self.max_length >= 8, "max_length must be >= 8")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    data_dir: str = "data"
+    out_dir: str = "artifacts/data"
+    val_fraction: float = 0.05
+    max_chars: int = 2000               # longer texts are rejected (rejects.jsonl)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(0 < self.val_fraction < 0.5, "val_fraction must be in (0, 0.5)")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    vocab_size: int = 1024
+    min_frequency: int = 2
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A small GPT-2 built from scratch (used when pretrain.model_path is empty)."""
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 128
+    n_positions: int = 64
+
+    def __post_init__(self) -> None:
+        _check(self.n_embd % self.n_head == 0, f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    model_path: str = ""                # a local Hugging Face checkpoint: used instead of training from scratch
+    data_dir: str = "artifacts/data"
+    out_dir: str = "artifacts/models/base"
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    model_path: str = "artifacts/models/base"
+    data_dir: str = "artifacts/data"
+    out_dir: str = "artifacts/models/sft"
+    packing: bool = False               # concatenate whole examples into max_length blocks
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 24
+    temperature: float = 1.0            # applied identically when sampling and when computing log-probs
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0, "temperature must be > 0")
+        _check(self.max_new_tokens >= 1, "max_new_tokens must be >= 1")
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    model_path: str = "artifacts/models/sft"
+    prompts: str = "artifacts/data/prompts_annotate.jsonl"
+    out_dir: str = "artifacts/collect"     # tasks.json (Label Studio import) and label_config.xml
+    k: int = 4                           # responses sampled per prompt
+    max_prompts: int = 0                 # 0 = all
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.k >= 2, "k must be >= 2 (a ranking needs at least two responses)")
+
+
+@dataclass(frozen=True)
+class AnnotateConfig:
+    """The demo's simulated annotation campaign (a real campaign replaces this stage with an export)."""
+    tasks: str = "artifacts/collect/tasks.json"
+    corpus: str = "data/corpus.jsonl"
+    out: str = "artifacts/annotations/export.json"
+    n_annotators: int = 5
+    noise: float = 0.15
+    overlap: float = 0.2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PreferencesConfig:
+    inputs: tuple[str, ...] = ("artifacts/annotations/export.json",)
+    out_dir: str = "artifacts/preferences"
+    format: str = "auto"
+    max_reject_share: float = 0.05
+    max_field_chars: int = 20000
+    k_factor: float = 32.0
+    initial_rating: float = 1000.0
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(len(self.inputs) > 0, "inputs must name at least one annotation export")
+        _check(0 <= self.max_reject_share <= 1, "max_reject_share must be in [0, 1]")
+        _check(0 < self.val_fraction < 0.5, "val_fraction must be in (0, 0.5)")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    model_path: str = "artifacts/models/sft"
+    data_dir: str = "artifacts/preferences"
+    prompts: str = "artifacts/data/prompts_ppo.jsonl"   # reference-policy samples for reward normalisation
+    out_dir: str = "artifacts/models/reward"
+    loss: str = "pairwise"              # pairwise (Bradley-Terry over all K(K-1)/2 pairs) | elo (regression)
+    margin: bool = False                # subtract the rank-difference margin inside the pairwise loss
+    normalize: bool = True              # gain and bias so reference-policy samples score mean 0, std 1
+    normalize_samples: int = 256
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.loss in ("pairwise", "elo"), f"loss must be 'pairwise' or 'elo', not {self.loss!r}")
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    policy_path: str = "artifacts/models/sft"
+    reward_path: str = "artifacts/models/reward"
+    prompts: str = "artifacts/data/prompts_ppo.jsonl"
+    out_dir: str = "artifacts/models/policy"
+    total_episodes: int = 6400
+    rollout_batch_size: int = 64        # episodes per PPO iteration
+    num_mini_batches: int = 4
+    grad_accum: int = 1                 # micro-batches per mini-batch
+    ppo_epochs: int = 4
+    lr: float = 3e-5
+    lr_schedule: str = "linear"
+    max_grad_norm: float = 1.0
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    kl_estimator: str = "k1"            # k1 | k2 | k3 (Schulman, "Approximating KL divergence")
+    kl_coef: float = 0.1                # initial coefficient
+    adaptive_kl: bool = True
+    target_kl: float = 2.0              # nats per sequence (adaptive controller)
+    kl_horizon: int = 10000
+    whiten_advantages: bool = True
+    missing_eos_penalty: float = 1.0    # subtracted from the score of responses cut before EOS
+    value_model: str = "shared"         # shared (value head on the policy trunk, the source's design) | separate
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    log_every: int = 1
+    checkpoint_every: int = 0           # PPO iterations between checkpoints; 0 = none
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.rollout_batch_size % self.num_mini_batches == 0,
+               f"rollout_batch_size ({self.rollout_batch_size}) must be divisible by num_mini_batches ({self.num_mini_batches})")
+        _check((self.rollout_batch_size // self.num_mini_batches) % self.grad_accum == 0,
+               "mini-batch size must be divisible by grad_accum")
+        _check(self.total_episodes >= self.rollout_batch_size, "total_episodes must be >= rollout_batch_size")
+        _check(self.kl_estimator in ("k1", "k2", "k3"), f"kl_estimator must be k1, k2 or k3, not {self.kl_estimator!r}")
+        _check(self.value_model in ("shared", "separate"), f"value_model must be shared|separate, not {self.value_model!r}")
+        _check(self.lr_schedule in ("constant", "linear", "cosine"), "lr_schedule must be constant|linear|cosine")
+        _check(0 < self.cliprange < 1, "cliprange must be in (0, 1)")
+        _check(0 < self.lam <= 1 and 0 < self.gamma <= 1, "gamma and lam must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    sft_path: str = "artifacts/models/sft"
+    policy_path: str = "artifacts/models/policy"
+    reward_path: str = "artifacts/models/reward"
+    prompts: str = "artifacts/data/prompts_eval.jsonl"
+    preferences_dir: str = "artifacts/preferences"
+    corpus: str = "data/corpus.jsonl"
+    out_dir: str = "artifacts/evaluate"
+    max_prompts: int = 256
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
+    preferences: PreferencesConfig = field(default_factory=PreferencesConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated field type, or raise ConfigError naming the key."""
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(args[0], value, key)
+    if origin is tuple:
+        _check(isinstance(value, (list, tuple)), f"{key}: expected a list, got {type(value).__name__}")
+        return tuple(_coerce(typing.get_args(tp)[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        _check(isinstance(value, bool), f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        _check(isinstance(value, str), f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError with the key path."""
+    where = prefix or "params"
+    if data is None:
+        data = {}
+    _check(isinstance(data, dict), f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(names)})"
+            raise ConfigError(f"{path}: unknown key{hint}")
+        kwargs[key] = _coerce(hints[key], value, path)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> PipelineConfig:
+    """Load and validate params.yaml; every error names the file and the key."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    try:
+        return from_dict(PipelineConfig, raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain data (for MLflow params and model cards)."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists/tuples become strings."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        else:
+            out[key] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+    return out
+

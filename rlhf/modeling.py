@@ -1,0 +1,227 @@
+"""Models: a byte-level BPE tokenizer and a small GPT-2 built from a config, any local Hugging Face causal LM,
+the policy with a value head on its trunk, and the reward model (the policy's architecture with a scalar head).
+
+Everything is saved with ``save_pretrained`` / safetensors and loaded with the Auto classes (DESIGN.md invariant 5);
+``trust_remote_code`` stays off unless the caller turns it on.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from rlhf.config import ModelConfig, TokenizerConfig
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"           # distinct from EOS, so EOS is learned and never masked as padding
+VALUE_HEAD_FILE = "value_head.safetensors"
+REWARD_HEAD_FILE = "reward_head.safetensors"
+REWARD_CONFIG_FILE = "reward_config.json"
+
+
+def quiet_transformers() -> None:
+    """Silence load-time warnings (unused lm_head weights when loading a trunk, etc.)."""
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig):
+    """Train a byte-level BPE tokenizer (GPT-2's scheme) and wrap it as a PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, show_progress=False,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
+    fast.padding_side = "left"
+    return fast
+
+
+def build_gpt2(cfg: ModelConfig, tokenizer, seed: int = 0):
+    """A GPT-2 with random weights sized by ``cfg``; dropout off (PPO needs deterministic log-probs)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(config)
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    """Load a tokenizer; give it a pad token distinct from EOS if it has none, and pad on the left."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        tok.add_special_tokens({"pad_token": PAD_TOKEN})
+    tok.padding_side = "left"
+    return tok
+
+
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Set every dropout probability to 0 (N implementation details of RLHF: dropout off for PPO)."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    return model
+
+
+def load_causal_lm(path: str | Path, tokenizer=None, trust_remote_code: bool = False):
+    """Load any local Hugging Face causal LM from safetensors; resize embeddings if the tokenizer grew."""
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code, use_safetensors=True)
+    if tokenizer is not None and model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    if tokenizer is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return disable_dropout(model)
+
+
+def hidden_size(config) -> int:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("hidden_size", "n_embd", "d_model"):
+        if getattr(text, name, None):
+            return int(getattr(text, name))
+    raise ValueError("cannot find the hidden size in the model config")
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (B, T). GPT-2 does not derive positions from the mask, so left padding needs them explicitly
+    (STACK-NOTES trap 4); padded positions get 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    return load_file(str(path))
+
+
+class PolicyWithValueHead(nn.Module):
+    """The source's design: a linear value head in parallel at the end of the policy's decoder, sharing the trunk.
+    One forward gives the token logits (B, T, V) and the values (B, T)."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        self.value_head = nn.Linear(hidden_size(lm.config), 1)
+        # Small init (as lm-human-preferences' zero-initialised value head): early value errors do not swamp the
+        # shared trunk's gradients.
+        nn.init.normal_(self.value_head.weight, std=1e-3)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids, attention_mask):
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids_from_mask(attention_mask), output_hidden_states=True)
+        values = self.value_head(out.hidden_states[-1]).squeeze(-1)  # (B, T, 1) -> (B, T)
+        return out.logits, values
+
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        out_dir = Path(out_dir)
+        self.lm.save_pretrained(out_dir, safe_serialization=True)
+        _save_tensors({"weight": self.value_head.weight, "bias": self.value_head.bias}, out_dir / VALUE_HEAD_FILE)
+
+    def load_value_head(self, path: str | Path) -> bool:
+        f = Path(path) / VALUE_HEAD_FILE
+        if not f.exists():
+            return False
+        t = _load_tensors(f)
+        self.value_head.load_state_dict({"weight": t["weight"], "bias": t["bias"]})
+        return True
+
+
+class RewardModel(nn.Module):
+    """The policy's architecture with a scalar head (seed, step 2), read at the last real token.
+
+    Sequences are left-padded, so the last real token is always the last position. ``gain`` and ``bias`` normalise
+    the raw score to mean 0, std 1 on reference-policy samples (lm-human-preferences' reward normalisation)."""
+
+    def __init__(self, trunk: nn.Module):
+        super().__init__()
+        self.trunk = trunk
+        self.score_head = nn.Linear(hidden_size(trunk.config), 1)
+        nn.init.normal_(self.score_head.weight, std=1.0 / (hidden_size(trunk.config) + 1) ** 0.5)
+        nn.init.zeros_(self.score_head.bias)
+        self.register_buffer("gain", torch.ones(()))
+        self.register_buffer("bias", torch.zeros(()))
+
+    def raw_scores(self, input_ids, attention_mask) -> torch.Tensor:
+        """(B, T) -> (B,) unnormalised scores at the last position."""
+        out = self.trunk(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids_from_mask(attention_mask))
+        last = out.last_hidden_state[:, -1]                                      # (B, H)
+        return self.score_head(last).squeeze(-1)                                 # (B, 1) -> (B,)
+
+    def forward(self, input_ids, attention_mask) -> torch.Tensor:
+        return self.raw_scores(input_ids, attention_mask) * self.gain + self.bias
+
+    @classmethod
+    def from_causal_lm_path(cls, path: str | Path, tokenizer=None, trust_remote_code: bool = False) -> "RewardModel":
+        """Initialise from an (SFT) causal LM checkpoint: its trunk, a fresh scalar head."""
+        from transformers import AutoModel
+
+        quiet_transformers()
+        trunk = AutoModel.from_pretrained(str(path), trust_remote_code=trust_remote_code, use_safetensors=True)
+        if tokenizer is not None and trunk.get_input_embeddings().num_embeddings < len(tokenizer):
+            trunk.resize_token_embeddings(len(tokenizer))
+        return cls(disable_dropout(trunk))
+
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        out_dir = Path(out_dir)
+        self.trunk.save_pretrained(out_dir, safe_serialization=True)
+        _save_tensors({"weight": self.score_head.weight, "bias": self.score_head.bias,
+                       "gain": self.gain, "norm_bias": self.bias}, out_dir / REWARD_HEAD_FILE)
+        (out_dir / REWARD_CONFIG_FILE).write_text(json.dumps(
+            {"gain": float(self.gain), "bias": float(self.bias), "score": "last token, left padding"}, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, trust_remote_code: bool = False) -> "RewardModel":
+        from transformers import AutoModel
+
+        quiet_transformers()
+        path = Path(path)
+        if not (path / REWARD_HEAD_FILE).exists():
+            raise FileNotFoundError(f"{path}: not a reward model (no {REWARD_HEAD_FILE})")
+        trunk = AutoModel.from_pretrained(str(path), trust_remote_code=trust_remote_code, use_safetensors=True)
+        model = cls(disable_dropout(trunk))
+        t = _load_tensors(path / REWARD_HEAD_FILE)
+        model.score_head.load_state_dict({"weight": t["weight"], "bias": t["bias"]})
+        model.gain.copy_(t["gain"])
+        model.bias.copy_(t["norm_bias"])
+        return model
+
+
+class CriticModel(nn.Module):
+    """A separate value model (option ``ppo.value_model: separate``), initialised from the reward model: its trunk
+    and its scalar head applied at every position (TRL's PPO initialises the critic from the reward model)."""
+
+    def __init__(self, trunk: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.trunk, self.value_head = trunk, head
+
+    def forward(self, input_ids, attention_mask) -> torch.Tensor:
+        out = self.trunk(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids_from_mask(attention_mask))
+        return self.value_head(out.last_hidden_state).squeeze(-1)               # (B, T, 1) -> (B, T)
+
+    @classmethod
+    def from_reward_model(cls, path: str | Path) -> "CriticModel":
+        rm = RewardModel.from_pretrained(path)
+        return cls(rm.trunk, rm.score_head)

@@ -1,0 +1,41 @@
+"""Optimiser and learning-rate schedule shared by every training loop."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def make_optimizer(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """AdamW; eps 1e-5 as in the N implementation details of RLHF (TF's default, more stable than 1e-8)."""
+    params = [p for p in params if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=1e-5)
+
+
+def lr_lambda(schedule: str, total_steps: int, warmup_steps: int = 0):
+    """Multiplier of the base lr at optimiser step ``s`` (0-based): linear warmup, then constant/linear/cosine decay."""
+    total_steps = max(1, total_steps)
+
+    def f(s: int) -> float:
+        if warmup_steps and s < warmup_steps:
+            return (s + 1) / warmup_steps
+        progress = min(1.0, (s - warmup_steps) / max(1, total_steps - warmup_steps))
+        if schedule == "constant":
+            return 1.0
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return f
+
+
+def make_scheduler(optimizer, schedule: str, total_steps: int, warmup_ratio: float = 0.0):
+    warmup = int(round(warmup_ratio * total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, total_steps, warmup))
+
+
+def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
+    """Global gradient-norm clipping; returns the norm before clipping."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))

@@ -1,0 +1,175 @@
+"""PPO fine-tuning of the policy against the reward model with a KL penalty to a frozen reference (seed, step 3).
+
+One iteration reads like the algorithm:
+    rollout (sample) -> score (policy/values, reference, reward) -> shape rewards (KL penalty) -> advantages (GAE)
+    -> ppo_epochs of shuffled mini-batch updates -> KL-controller update.
+Every random draw of iteration i comes from generators seeded with (seed, i), so a run resumed from a checkpoint
+at iteration i repeats exactly what an uninterrupted run does.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from rlhf.config import PPOConfig
+from rlhf.generation import encode_prompts, gather_logprobs, sample
+from rlhf.kl import AdaptiveKLController, FixedKLController
+from rlhf.logprobs import entropy_from_logits
+from rlhf.losses import ppo_policy_loss, ppo_value_loss
+from rlhf.masking import masked_mean
+from rlhf.optim import make_optimizer, make_scheduler
+from rlhf.rollout import Experience, experience_stats, make_experience, policy_forward
+
+MAX_PROMPT_TOKENS = 32
+
+
+def iteration_generator(seed: int, iteration: int, stream: int) -> torch.Generator:
+    """Independent, reproducible random stream per (seed, iteration, purpose)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + iteration * 7919 + stream)
+
+
+def prompt_schedule(n_prompts: int, batch_size: int, n_iterations: int, seed: int) -> list[list[int]]:
+    """Prompt indices for every iteration: shuffled passes over the prompt set, cut into rollout batches."""
+    gen = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    while len(order) < batch_size * n_iterations:
+        order.extend(torch.randperm(n_prompts, generator=gen).tolist())
+    return [order[i * batch_size:(i + 1) * batch_size] for i in range(n_iterations)]
+
+
+@dataclass
+class PPOModels:
+    policy: torch.nn.Module          # PolicyWithValueHead (trainable)
+    ref_model: torch.nn.Module       # frozen causal LM
+    reward_model: torch.nn.Module    # RewardModel (frozen)
+    value_model: Optional[torch.nn.Module] = None   # separate critic (optional, trainable)
+
+
+class PPOTrainer:
+    def __init__(self, cfg: PPOConfig, models: PPOModels, tokenizer, prompts: list[str],
+                 on_log: Optional[Callable[[int, dict], None]] = None):
+        if not prompts:
+            raise ValueError("PPO needs at least one prompt")
+        self.cfg, self.m, self.tok, self.prompts, self.on_log = cfg, models, tokenizer, prompts, on_log
+        self.n_iterations = cfg.total_episodes // cfg.rollout_batch_size
+        self.schedule = prompt_schedule(len(prompts), cfg.rollout_batch_size, self.n_iterations, cfg.seed)
+        params = list(models.policy.parameters()) + (list(models.value_model.parameters()) if models.value_model else [])
+        self.optimizer = make_optimizer(params, cfg.lr)
+        n_updates = self.n_iterations * cfg.ppo_epochs * cfg.num_mini_batches
+        self.scheduler = make_scheduler(self.optimizer, cfg.lr_schedule, n_updates)
+        self.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl
+                       else FixedKLController(cfg.kl_coef))
+        self.iteration = 0
+        for p in list(models.ref_model.parameters()) + list(models.reward_model.parameters()):
+            p.requires_grad_(False)
+
+    # -- checkpoint state -------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"iteration": self.iteration, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "kl_ctl": self.kl_ctl.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration = int(state["iteration"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+
+    # -- phases -----------------------------------------------------------------------------------------------------
+    def rollout(self, iteration: int):
+        prompts = [self.prompts[i] for i in self.schedule[iteration]]
+        q_ids, q_mask = encode_prompts(self.tok, prompts, MAX_PROMPT_TOKENS)
+        return sample(self.m.policy.lm, q_ids, q_mask, self.cfg.sampling.max_new_tokens, self.cfg.sampling.temperature,
+                      self.tok.eos_token_id, self.tok.pad_token_id, iteration_generator(self.cfg.seed, iteration, 1))
+
+    def experience(self, rollout) -> Experience:
+        c = self.cfg
+        return make_experience(self.m.policy, self.m.ref_model, self.m.reward_model, rollout,
+                               temperature=c.sampling.temperature, kl_coef=self.kl_ctl.value, kl_estimator=c.kl_estimator,
+                               gamma=c.gamma, lam=c.lam, missing_eos_penalty=c.missing_eos_penalty,
+                               whiten=c.whiten_advantages, pad_id=self.tok.pad_token_id, value_model=self.m.value_model)
+
+    def _minibatch_loss(self, exp: Experience, idx: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Loss on rows ``idx`` of the experience: policy loss + vf_coef * value loss."""
+        c = self.cfg
+        ids, attn = exp.rollout.full()
+        ids, attn = ids[idx], attn[idx]                                       # (b, T)
+        logits, values = policy_forward(self.m.policy, ids, attn, exp.rollout.context_length, c.sampling.temperature)
+        if self.m.value_model is not None:
+            values = self.m.value_model(ids, attn)[:, exp.rollout.context_length - 1:-1]
+        mask = exp.mask[idx]
+        logprobs = gather_logprobs(logits, exp.rollout.response_ids[idx])     # (b, R)
+        pg_loss, clipfrac, approxkl = ppo_policy_loss(logprobs, exp.logprobs[idx], exp.advantages[idx], mask, c.cliprange)
+        vf_loss, vf_clipfrac = ppo_value_loss(values, exp.values[idx], exp.returns[idx], mask, c.cliprange_value)
+        with torch.no_grad():
+            entropy = masked_mean(entropy_from_logits(logits), mask)
+            ratio = masked_mean(torch.exp(logprobs - exp.logprobs[idx]), mask)
+        stats = {"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(), "policy/clipfrac": clipfrac.item(),
+                 "policy/approxkl": approxkl.item(), "val/clipfrac": vf_clipfrac.item(),
+                 "policy/entropy": entropy.item(), "val/ratio": ratio.item()}
+        return pg_loss + c.vf_coef * vf_loss, stats
+
+    def optimize(self, exp: Experience, iteration: int) -> dict[str, float]:
+        """ppo_epochs passes of shuffled mini-batches (gradient accumulation within a mini-batch)."""
+        c = self.cfg
+        B = exp.mask.size(0)
+        mb = B // c.num_mini_batches
+        micro = mb // c.grad_accum
+        gen = iteration_generator(c.seed, iteration, 2)
+        sums: dict[str, float] = {}
+        n, grad_norms = 0, []
+        self.m.policy.train()
+        for _ in range(c.ppo_epochs):
+            perm = torch.randperm(B, generator=gen)
+            for start in range(0, B, mb):
+                for m0 in range(start, start + mb, micro):
+                    loss, stats = self._minibatch_loss(exp, perm[m0:m0 + micro])
+                    (loss / c.grad_accum).backward()
+                    for k, v in stats.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    n += 1
+                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        self.m.policy.eval()
+        out = {f"{k}_avg": v / max(n, 1) for k, v in sums.items()}
+        out["train/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+        return out
+
+    # -- loop -------------------------------------------------------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        """One PPO iteration; returns its metrics."""
+        it = self.iteration
+        t0 = time.perf_counter()
+        rollout = self.rollout(it)
+        t1 = time.perf_counter()
+        exp = self.experience(rollout)
+        t2 = time.perf_counter()
+        kl_coef = self.kl_ctl.value
+        stats = experience_stats(exp, kl_coef)
+        stats.update(self.optimize(exp, it))
+        t3 = time.perf_counter()
+        self.kl_ctl.update(stats["objective/kl"], self.cfg.rollout_batch_size)
+        self.iteration = it + 1
+        n_tokens = float(exp.mask.sum())
+        stats.update({"train/lr": self.scheduler.get_last_lr()[0], "episodes": self.iteration * self.cfg.rollout_batch_size,
+                      "time/generation": t1 - t0, "time/scoring": t2 - t1, "time/optimization": t3 - t2,
+                      "perf/rollout_tokens_per_s": n_tokens / max(t1 - t0, 1e-9),
+                      "perf/episodes_per_s": self.cfg.rollout_batch_size / max(t3 - t0, 1e-9)})
+        return stats
+
+    def train(self, on_iteration_end: Optional[Callable[[int], None]] = None) -> dict[str, float]:
+        """Run the remaining iterations; returns the last iteration's metrics."""
+        last: dict[str, float] = {}
+        while self.iteration < self.n_iterations:
+            last = self.step()
+            if self.on_log and (self.iteration % self.cfg.log_every == 0 or self.iteration == self.n_iterations):
+                self.on_log(self.iteration, last)
+            if on_iteration_end:
+                on_iteration_end(self.iteration)
+        return last
+

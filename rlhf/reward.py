@@ -1,0 +1,155 @@
+"""Reward-model training from rankings (seed, step 2).
+
+Two objectives, chosen by ``reward.loss``:
+- ``pairwise``: InstructGPT's Bradley-Terry loss over all K(K-1)/2 pairs of each ranking, -log sigmoid(r_w - r_l
+  [- margin]). The K responses of a prompt sit in one batch so each is encoded once (InstructGPT section 3.5).
+- ``elo``: the source's way: rankings -> Elo score per response -> regression of the scalar output onto it.
+After training, the reward is normalised to mean 0, std 1 on reference-policy samples (lm-human-preferences
+train_reward.py normalises the same way, before and after training); gain and bias are saved with the model.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from rlhf.config import TrainConfig
+from rlhf.data import encode_prompt, encode_response, pad_left
+from rlhf.optim import clip_grad_norm, make_optimizer, make_scheduler
+from rlhf.train_lm import plan_batches
+
+
+@dataclass
+class Group:
+    """One ranked prompt: K token sequences (prompt + response [+ EOS]), their ranks (0 = best) and targets."""
+    seqs: list[list[int]]
+    ranks: list[int]
+    targets: list[float]            # Elo scores (for the regression objective); zeros when unused
+
+
+def encode_groups(tokenizer, rows: list[dict], max_length: int, elo: Optional[dict] = None) -> list[Group]:
+    """Rankings rows {"prompt","responses","ranks","meta"} -> Groups. EOS is appended to responses that ended
+    (meta.ended; default: all did), so the reward model sees exactly what the policy produced."""
+    groups = []
+    for r in rows:
+        ended = (r.get("meta") or {}).get("ended") or [True] * len(r["responses"])
+        seqs = []
+        for resp, e in zip(r["responses"], ended):
+            rid = encode_response(tokenizer, resp, add_eos=bool(e))[: max_length - 1]
+            seqs.append(encode_prompt(tokenizer, r["prompt"], max_length - len(rid)) + rid)
+        targets = [float((elo or {}).get((r["prompt"], resp), 0.0)) for resp in r["responses"]]
+        groups.append(Group(seqs, [int(x) for x in r["ranks"]], targets))
+    return groups
+
+
+def pair_index(ranks: list[int], offset: int) -> list[tuple[int, int, float]]:
+    """All (winner, loser, margin) index pairs of one ranking, offset into the flat batch; ties give no pair."""
+    return [(offset + i, offset + j, float(ranks[j] - ranks[i]))
+            for i in range(len(ranks)) for j in range(len(ranks)) if ranks[i] < ranks[j]]
+
+
+def group_batch(groups: list[Group], pad_id: int):
+    """Flatten groups into one left-padded batch; returns ids (N, T), mask (N, T), pairs (P, 3), targets (N,)."""
+    seqs, pairs, targets = [], [], []
+    for g in groups:
+        pairs.extend(pair_index(g.ranks, len(seqs)))
+        seqs.extend(g.seqs)
+        targets.extend(g.targets)
+    ids, attn = pad_left(seqs, pad_id)
+    pairs_t = torch.tensor(pairs, dtype=torch.float).view(-1, 3)                 # (P, 3)
+    return ids, attn, pairs_t, torch.tensor(targets)
+
+
+def pairwise_terms(scores: torch.Tensor, pairs: torch.Tensor, use_margin: bool):
+    """scores (N,), pairs (P, 3) -> (per-pair loss (P,), per-pair correct (P,))."""
+    w, l, margin = pairs[:, 0].long(), pairs[:, 1].long(), pairs[:, 2]
+    diff = scores[w] - scores[l]
+    loss = -F.logsigmoid(diff - margin) if use_margin else -F.logsigmoid(diff)
+    return loss, (diff > 0).float()
+
+
+@torch.no_grad()
+def pairwise_accuracy(model, groups: list[Group], pad_id: int, batch_groups: int = 16) -> float:
+    """Share of ranked pairs the model orders like the annotators."""
+    model.eval()
+    correct, total = 0.0, 0
+    for i in range(0, len(groups), batch_groups):
+        ids, attn, pairs, _ = group_batch(groups[i:i + batch_groups], pad_id)
+        if len(pairs) == 0:
+            continue
+        _, ok = pairwise_terms(model.raw_scores(ids, attn), pairs, False)
+        correct, total = correct + float(ok.sum()), total + len(ok)
+    return correct / max(total, 1)
+
+
+def train_reward_model(model, groups: list[Group], cfg: TrainConfig, pad_id: int, loss_type: str = "pairwise",
+                       use_margin: bool = False, seed: int = 0, on_log: Optional[Callable[[int, dict], None]] = None,
+                       state: Optional[dict] = None, on_step_end=None) -> dict:
+    """Train the reward model in place; ``cfg.batch_size`` counts rankings (groups) per optimiser step."""
+    plan = plan_batches(len(groups), cfg, seed)
+    opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
+    sched = make_scheduler(opt, cfg.lr_schedule, len(plan), cfg.warmup_ratio)
+    start = 0
+    if state:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+    micro = cfg.batch_size // cfg.grad_accum
+    t0, n_pairs = time.perf_counter(), 0
+    model.train()
+    for step in range(start, len(plan)):
+        idx = plan[step]
+        total_pairs = sum(len(pair_index(groups[i].ranks, 0)) for i in idx)
+        denom = total_pairs if loss_type == "pairwise" else sum(len(groups[i].seqs) for i in idx)
+        loss_sum, correct = 0.0, 0.0
+        for j in range(0, len(idx), micro):
+            ids, attn, pairs, targets = group_batch([groups[i] for i in idx[j:j + micro]], pad_id)
+            scores = model.raw_scores(ids, attn)                                   # (N,)
+            pl, ok = pairwise_terms(scores, pairs, use_margin) if len(pairs) else (scores[:0], scores[:0])
+            loss = pl.sum() if loss_type == "pairwise" else ((scores - targets) ** 2).sum()
+            (loss / max(denom, 1)).backward()
+            loss_sum, correct = loss_sum + loss.item(), correct + float(ok.sum())
+        grad_norm = clip_grad_norm(model, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        n_pairs += total_pairs
+        if on_log and ((step + 1) % cfg.log_every == 0 or step + 1 == len(plan)):
+            on_log(step + 1, {"loss/reward": loss_sum / max(denom, 1), "reward/accuracy": correct / max(total_pairs, 1),
+                              "train/grad_norm": grad_norm, "train/lr": sched.get_last_lr()[0],
+                              "perf/pairs_per_s": n_pairs / max(time.perf_counter() - t0, 1e-9)})
+        if on_step_end:
+            on_step_end(step + 1, {"optimizer": opt, "scheduler": sched})
+    model.eval()
+    elapsed = time.perf_counter() - t0
+    return {"steps": len(plan), "train_seconds": elapsed, "pairs_per_s": n_pairs / max(elapsed, 1e-9)}
+
+
+@torch.no_grad()
+def score_texts(model, tokenizer, prompts: list[str], responses: list[str], ended: list[bool], max_length: int,
+                batch_size: int = 64, normalized: bool = True) -> torch.Tensor:
+    """Scores (N,) of prompt/response texts."""
+    model.eval()
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        seqs = []
+        for p, r, e in zip(prompts[i:i + batch_size], responses[i:i + batch_size], ended[i:i + batch_size]):
+            rid = encode_response(tokenizer, r, add_eos=e)[: max_length - 1]
+            seqs.append(encode_prompt(tokenizer, p, max_length - len(rid)) + rid)
+        ids, attn = pad_left(seqs, tokenizer.pad_token_id)
+        out.append(model(ids, attn) if normalized else model.raw_scores(ids, attn))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def set_normalization(model, raw_scores: torch.Tensor) -> dict:
+    """gain, bias such that gain * raw + bias has mean 0, std 1 on ``raw_scores`` (reference-policy samples)."""
+    mean, std = float(raw_scores.mean()), float(raw_scores.std().clamp(min=1e-6))
+    model.gain.fill_(1.0 / std)
+    model.bias.fill_(-mean / std)
+    return {"norm/raw_mean": mean, "norm/raw_std": std, "norm/gain": 1.0 / std, "norm/bias": -mean / std}
+
+

@@ -1,0 +1,101 @@
+"""The experience phase of a PPO iteration: rollout -> score -> shape rewards -> advantages (seed, step 3).
+
+One forward of the policy (shared trunk) gives both the rollout log-probs and the values; the reference forward
+runs under inference mode; the reward model scores prompt + response exactly as sampled (EOS included).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhf.advantages import gae, whiten_advantages
+from rlhf.data import pad_left
+from rlhf.generation import Rollout, gather_logprobs, response_logits
+from rlhf.logprobs import entropy_from_logits
+from rlhf.masking import masked_mean
+from rlhf.modeling import position_ids_from_mask
+from rlhf.rewards import apply_missing_eos_penalty, shape_rewards
+
+
+@dataclass
+class Experience:
+    """Everything the optimisation phase needs, all (B, R) unless noted."""
+    rollout: Rollout
+    logprobs: torch.Tensor          # behaviour policy pi_theta_old at sampling time
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    mask: torch.Tensor              # response tokens up to and including EOS
+    scores: torch.Tensor            # (B,) reward-model score after the missing-EOS penalty
+    raw_scores: torch.Tensor        # (B,) reward-model score as returned
+    kl: torch.Tensor                # per-token KL estimate used in the penalty
+    kl_k1: torch.Tensor             # per-token log-ratio (k1), for logging
+    non_score_reward: torch.Tensor
+    entropy: torch.Tensor           # (B, R) entropy of pi_theta_old
+
+
+def policy_forward(policy, ids: torch.Tensor, attn: torch.Tensor, context_length: int, temperature: float):
+    """Shared-trunk forward: (response logits (B, R, V), values (B, R)). The value of the state that emits
+    response token t is read at position context_length - 1 + t (as TRL: vpred[:, context_length - 1 : -1])."""
+    logits, values = policy(ids, attn)                                    # (B, T, V), (B, T)
+    return response_logits(logits, context_length, temperature), values[:, context_length - 1:-1]
+
+
+def repack_for_reward(rollout: Rollout, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt + response real tokens, left-padded again so the last real token (EOS when it ended) is last."""
+    ids, attn = rollout.full()
+    seqs = [row[m.bool()].tolist() for row, m in zip(ids, attn)]
+    return pad_left(seqs, pad_id)
+
+
+@torch.no_grad()
+def make_experience(policy, ref_model, reward_model, rollout: Rollout, *, temperature: float, kl_coef: float,
+                    kl_estimator: str, gamma: float, lam: float, missing_eos_penalty: float, whiten: bool,
+                    pad_id: int, value_model=None) -> Experience:
+    """Score a rollout and compute GAE advantages and returns. ``value_model`` (optional) is a separate critic
+    returning values (B, T); by default the values come from the policy's own value head."""
+    ids, attn = rollout.full()
+    mask = rollout.response_mask.float()                                    # (B, R)
+    ctx = rollout.context_length
+    logits, values = policy_forward(policy, ids, attn, ctx, temperature)
+    logprobs = gather_logprobs(logits, rollout.response_ids)                # (B, R)
+    entropy = entropy_from_logits(logits)                                    # (B, R)
+    del logits
+    if value_model is not None:
+        values = value_model(ids, attn)[:, ctx - 1:-1]
+    with torch.inference_mode():
+        ref_out = ref_model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn))
+        ref_logprobs = gather_logprobs(response_logits(ref_out.logits, ctx, temperature), rollout.response_ids)
+        r_ids, r_attn = repack_for_reward(rollout, pad_id)
+        raw_scores = reward_model(r_ids, r_attn).float()                     # (B,)
+    ref_logprobs, raw_scores = ref_logprobs.clone(), raw_scores.clone()      # leave inference mode
+    scores = apply_missing_eos_penalty(raw_scores, rollout.ended, missing_eos_penalty)
+    rewards, non_score_reward, kl = shape_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, kl_estimator)
+    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    if whiten and mask.sum() >= 2:
+        advantages = whiten_advantages(advantages, mask)
+    return Experience(rollout, logprobs, ref_logprobs, values, advantages, returns, mask, scores, raw_scores, kl,
+                      (logprobs - ref_logprobs) * mask, non_score_reward, entropy)
+
+
+def experience_stats(exp: Experience, kl_coef: float) -> dict[str, float]:
+    """The objective/* metrics of one rollout (names as TRL's PPO trainer logs them)."""
+    seq_kl = (exp.kl * exp.mask).sum(1)                                      # (B,)
+    non_score = exp.non_score_reward.sum(1)                                  # (B,)
+    lengths = exp.mask.sum(1)
+    return {
+        "objective/kl": float(seq_kl.mean()),
+        "objective/kl_k1": float(exp.kl_k1.sum(1).mean()),
+        "objective/entropy": float((exp.entropy * exp.mask).sum(1).mean()),
+        "objective/non_score_reward": float(non_score.mean()),
+        "objective/scores": float(exp.scores.mean()),
+        "objective/raw_scores": float(exp.raw_scores.mean()),
+        "objective/rlhf_reward": float((exp.scores + non_score).mean()),
+        "objective/kl_coef": kl_coef,
+        "val/eos_rate": float(exp.rollout.ended.float().mean()),
+        "val/response_length": float(lengths.mean()),
+        "val/values": float(masked_mean(exp.values, exp.mask)),
+        "val/returns": float(masked_mean(exp.returns, exp.mask)),
+    }

@@ -1,0 +1,45 @@
+"""collect: the SFT policy samples K responses per annotation prompt; they are written as Label Studio import
+tasks (a ``Text`` prompt and a ``List`` of candidates to rank, STACK-NOTES' ranking config)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlhf.config import CollectConfig
+from rlhf.data import load_jsonl, write_json
+from rlhf.generation import sample_responses
+from rlhf.modeling import load_causal_lm, load_tokenizer
+from rlhf.stages.common import StageResult, seed_everything
+
+LABEL_CONFIG = """<View>
+  <Text name="prompt" value="$prompt"/>
+  <List name="candidates" value="$candidates" title="Responses"/>
+  <Ranker name="rank" toName="candidates"/>
+</View>"""
+
+
+def make_task(prompt: str, responses: list[str], ended: list[bool]) -> dict:
+    """One Label Studio import task: candidates r0..rK-1 (``ended``: the response ended with EOS)."""
+    return {"data": {"prompt": prompt, "candidates": [
+        {"id": f"r{i}", "title": f"Response {i + 1}", "body": body, "ended": bool(e)}
+        for i, (body, e) in enumerate(zip(responses, ended))]}}
+
+
+def run(cfg: CollectConfig, on_log=None) -> StageResult:
+    seed_everything(cfg.seed)
+    prompts = [r["prompt"] for r in load_jsonl(cfg.prompts)]
+    if cfg.max_prompts:
+        prompts = prompts[:cfg.max_prompts]
+    tok = load_tokenizer(cfg.model_path)
+    model = load_causal_lm(cfg.model_path, tok)
+    repeated = [p for p in prompts for _ in range(cfg.k)]                       # K consecutive copies per prompt
+    s = cfg.sampling
+    texts, ended = sample_responses(model, tok, repeated, s.max_new_tokens, s.temperature, s.batch_size, cfg.seed,
+                                    on_progress=(lambda n, t: on_log(n, {"progress/responses": n})) if on_log else None)
+    tasks = [make_task(p, texts[i * cfg.k:(i + 1) * cfg.k], ended[i * cfg.k:(i + 1) * cfg.k])
+             for i, p in enumerate(prompts)]
+    out = Path(cfg.out_dir)
+    write_json(out / "tasks.json", tasks)
+    (out / "label_config.xml").write_text(LABEL_CONFIG + "\n", encoding="utf-8")
+    metrics = {"n_prompts": len(prompts), "n_responses": len(texts), "eos_rate": sum(ended) / max(len(ended), 1),
+               "distinct_responses": len(set(texts)) / max(len(texts), 1)}
+    return StageResult(metrics, outputs={"tasks": str(out / "tasks.json")})

@@ -1,0 +1,34 @@
+"""pretrain: a byte-level BPE tokenizer and a small GPT-2 trained from scratch on the corpus (seed, step 1);
+or, when ``pretrain.model_path`` names a local Hugging Face checkpoint, that model instead."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlhf.config import PretrainConfig
+from rlhf.data import load_jsonl
+from rlhf.modeling import build_gpt2, load_causal_lm, load_tokenizer, train_tokenizer
+from rlhf.stages.common import Recorder, StageResult, n_params, save_tokenizer_and_model, seed_everything
+from rlhf.train_lm import pack_corpus, train_causal_lm
+
+
+def run(cfg: PretrainConfig, on_log=None) -> StageResult:
+    seed_everything(cfg.seed)
+    out = Path(cfg.out_dir)
+    if cfg.model_path:
+        if not Path(cfg.model_path).is_dir():
+            raise FileNotFoundError(f"pretrain.model_path: {cfg.model_path} is not a local model folder")
+        tok = load_tokenizer(cfg.model_path)
+        model = load_causal_lm(cfg.model_path, tok)
+        save_tokenizer_and_model(model, tok, out)
+        return StageResult({"n_params": n_params(model), "from_checkpoint": 1.0}, outputs={"model": str(out)})
+    train = [r["text"] for r in load_jsonl(Path(cfg.data_dir) / "corpus_train.jsonl")]
+    val = [r["text"] for r in load_jsonl(Path(cfg.data_dir) / "corpus_val.jsonl")]
+    tok = train_tokenizer(train, cfg.tokenizer)
+    model = build_gpt2(cfg.model, tok, cfg.seed)
+    block = min(cfg.train.max_length, cfg.model.n_positions)
+    rec = Recorder(on_log)
+    metrics = train_causal_lm(model, pack_corpus(tok, train, block), cfg.train, tok.pad_token_id, cfg.seed,
+                              val_examples=pack_corpus(tok, val, block), on_log=rec)
+    save_tokenizer_and_model(model, tok, out)
+    metrics.update({"n_params": n_params(model), "vocab_size": len(tok), "from_checkpoint": 0.0})
+    return StageResult(metrics, plots={"loss": rec.rows}, outputs={"model": str(out)})

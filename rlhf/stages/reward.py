@@ -1,0 +1,47 @@
+"""reward: train the reward model on the ranked items, report train and held-out pairwise accuracy, then normalise
+its output on reference-policy samples (seed, step 2)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlhf.config import RewardConfig
+from rlhf.data import load_jsonl
+from rlhf.generation import sample_responses
+from rlhf.modeling import RewardModel, load_causal_lm, load_tokenizer
+from rlhf.reward import encode_groups, pairwise_accuracy, score_texts, set_normalization, train_reward_model
+from rlhf.stages.common import Recorder, StageResult, save_tokenizer_and_model, seed_everything
+
+
+def load_elo(path: Path) -> dict:
+    return {(r["prompt"], r["response"]): float(r["score"]) for r in load_jsonl(path)} if path.exists() else {}
+
+
+def normalize(model, tok, cfg: RewardConfig) -> dict:
+    """Sample from the reference (SFT) policy and set gain/bias so those samples score mean 0, std 1."""
+    prompts = [r["prompt"] for r in load_jsonl(cfg.prompts)]
+    prompts = (prompts * (cfg.normalize_samples // max(len(prompts), 1) + 1))[:cfg.normalize_samples]
+    policy = load_causal_lm(cfg.model_path, tok)
+    s = cfg.sampling
+    texts, ended = sample_responses(policy, tok, prompts, s.max_new_tokens, s.temperature, s.batch_size, cfg.seed + 1)
+    raw = score_texts(model, tok, prompts, texts, ended, cfg.train.max_length, normalized=False)
+    return set_normalization(model, raw)
+
+
+def run(cfg: RewardConfig, on_log=None) -> StageResult:
+    seed_everything(cfg.seed)
+    data = Path(cfg.data_dir)
+    tok = load_tokenizer(cfg.model_path)
+    model = RewardModel.from_causal_lm_path(cfg.model_path, tok)
+    elo = load_elo(data / "elo.jsonl") if cfg.loss == "elo" else None
+    train = encode_groups(tok, load_jsonl(data / "rankings_train.jsonl"), cfg.train.max_length, elo)
+    val = encode_groups(tok, load_jsonl(data / "rankings_val.jsonl"), cfg.train.max_length, elo)
+    if not train:
+        raise ValueError(f"{data / 'rankings_train.jsonl'}: no ranked items to train on")
+    rec = Recorder(on_log)
+    metrics = train_reward_model(model, train, cfg.train, tok.pad_token_id, cfg.loss, cfg.margin, cfg.seed, on_log=rec)
+    metrics["train_accuracy"] = pairwise_accuracy(model, train, tok.pad_token_id)
+    metrics["val_accuracy"] = pairwise_accuracy(model, val, tok.pad_token_id) if val else float("nan")
+    if cfg.normalize:
+        metrics.update(normalize(model, tok, cfg))
+    save_tokenizer_and_model(model, tok, cfg.out_dir)
+    return StageResult(metrics, plots={"loss": rec.rows}, outputs={"model": cfg.out_dir})

@@ -1,0 +1,143 @@
+"""Next-token training for pretraining and SFT (seed, step 1).
+
+Examples are (token ids, loss mask) pairs: pretraining packs corpus texts (EOS between them) into fixed blocks and
+learns every token; SFT learns only the response tokens and the EOS appended to them (the prompt is masked).
+The batch order for the whole run is drawn up front from the seed, so a run resumed at step s sees exactly the
+batches an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from rlhf.config import TrainConfig
+from rlhf.data import batches, encode_prompt, encode_response, pad_left
+from rlhf.modeling import position_ids_from_mask
+from rlhf.optim import clip_grad_norm, make_optimizer, make_scheduler
+
+LogFn = Callable[[int, dict], None]
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    mask: list[int]   # 1 where the token is a training target
+
+
+def pack_corpus(tokenizer, texts: list[str], block: int) -> list[Example]:
+    """Concatenate texts with EOS after each and cut the stream into blocks of ``block`` tokens (all targets)."""
+    stream: list[int] = []
+    for t in texts:
+        stream.extend(tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+    return [Example(stream[i:i + block], [1] * len(stream[i:i + block]))
+            for i in range(0, len(stream) - 1, block) if len(stream[i:i + block]) > 1]
+
+
+def sft_examples(tokenizer, rows: list[dict], max_length: int) -> list[Example]:
+    """Prompt tokens (mask 0) + response tokens + EOS (mask 1); the prompt is cut on the left to fit."""
+    out = []
+    for r in rows:
+        resp = encode_response(tokenizer, r["completion"])[: max_length - 1]
+        prompt = encode_prompt(tokenizer, r["prompt"], max_length - len(resp))
+        out.append(Example(prompt + resp, [0] * len(prompt) + [1] * len(resp)))
+    return out
+
+
+def pack_sft(examples: list[Example], block: int) -> list[Example]:
+    """Optional SFT packing: greedily concatenate whole examples into blocks of at most ``block`` tokens."""
+    packed, ids, mask = [], [], []
+    for ex in examples:
+        if ids and len(ids) + len(ex.ids) > block:
+            packed.append(Example(ids, mask))
+            ids, mask = [], []
+        ids, mask = ids + ex.ids, mask + ex.mask
+    if ids:
+        packed.append(Example(ids, mask))
+    return packed
+
+
+def nll_sum(model, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Summed next-token NLL over target tokens and their count. ids/attn/loss_mask (B, T)."""
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn)).logits
+    targets_mask = loss_mask[:, 1:]                                                      # (B, T-1)
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),                   # (B*(T-1), V)
+                          ids[:, 1:].reshape(-1), reduction="none").view_as(targets_mask)
+    return (nll * targets_mask).sum(), float(targets_mask.sum())
+
+
+@torch.no_grad()
+def evaluate_nll(model, examples: list[Example], pad_id: int, batch_size: int = 64) -> float:
+    """Mean per-token NLL on ``examples``."""
+    model.eval()
+    total, count = 0.0, 0.0
+    for idx in batches(len(examples), batch_size, shuffle=False):
+        ids, attn, lm = pad_left([examples[i].ids for i in idx], pad_id, [examples[i].mask for i in idx])
+        s, n = nll_sum(model, ids, attn, lm)
+        total, count = total + float(s), count + n
+    return total / max(count, 1.0)
+
+
+def plan_batches(n: int, cfg: TrainConfig, seed: int) -> list[list[int]]:
+    """Every optimiser step's example indices for the whole run (fractional epochs allowed)."""
+    gen = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = max(1, int(round(steps_per_epoch * cfg.epochs)))
+    plan: list[list[int]] = []
+    while len(plan) < total:
+        plan.extend(batches(n, cfg.batch_size, gen))
+    return plan[:total]
+
+
+def train_causal_lm(model, examples: list[Example], cfg: TrainConfig, pad_id: int, seed: int = 0,
+                    val_examples: Optional[list[Example]] = None, on_log: Optional[LogFn] = None,
+                    state: Optional[dict] = None, on_step_end: Optional[Callable[[int, dict], None]] = None) -> dict:
+    """Train ``model`` in place. ``state`` (from a checkpoint) holds optimizer/scheduler state and the step to
+    resume from; ``on_step_end(step, live)`` lets the caller checkpoint. Returns final metrics."""
+    if not examples:
+        raise ValueError("no training examples")
+    plan = plan_batches(len(examples), cfg, seed)
+    opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
+    sched = make_scheduler(opt, cfg.lr_schedule, len(plan), cfg.warmup_ratio)
+    start = 0
+    if state:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+    micro = cfg.batch_size // cfg.grad_accum
+    t0, tokens, last_loss = time.perf_counter(), 0, float("nan")
+    model.train()
+    for step in range(start, len(plan)):
+        idx = plan[step]
+        n_targets = sum(sum(examples[i].mask[1:]) for i in idx)
+        loss_total = 0.0
+        for j in range(0, len(idx), micro):
+            part = idx[j:j + micro]
+            ids, attn, lm = pad_left([examples[i].ids for i in part], pad_id, [examples[i].mask for i in part])
+            s, _ = nll_sum(model, ids, attn, lm)
+            (s / max(n_targets, 1)).backward()          # token mean over the whole batch, not per micro-batch
+            loss_total += s.item()
+            tokens += int(attn.sum())
+        grad_norm = clip_grad_norm(model, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        last_loss = loss_total / max(n_targets, 1)
+        if on_log and ((step + 1) % cfg.log_every == 0 or step + 1 == len(plan)):
+            dt = time.perf_counter() - t0
+            on_log(step + 1, {"loss/train": last_loss, "train/grad_norm": grad_norm,
+                              "train/lr": sched.get_last_lr()[0], "perf/tokens_per_s": tokens / max(dt, 1e-9)})
+        if on_step_end:
+            on_step_end(step + 1, {"optimizer": opt, "scheduler": sched})
+    model.eval()
+    elapsed = time.perf_counter() - t0
+    metrics = {"train_loss": last_loss, "steps": len(plan), "tokens_per_s": tokens / max(elapsed, 1e-9),
+               "train_seconds": elapsed}
+    if val_examples:
+        val = evaluate_nll(model, val_examples, pad_id)
+        metrics.update({"val_loss": val, "val_perplexity": math.exp(min(val, 50.0))})
+    return metrics

@@ -1,0 +1,29 @@
+"""The one way a stage runs, whoever starts it (dvc repro, the Prefect flow, `rlhf stage NAME`): load its config
+section, call the core stage, write metrics and plots where dvc.yaml declares them, log everything to MLflow."""
+from __future__ import annotations
+
+import importlib
+
+import mlflow
+
+from rlhf.config import flatten, load_params, to_dict
+from rlhf.stages.common import StageResult
+from tasks.tracking import StageLogger, stage_run, write_metrics, write_plots
+
+STAGES = ("prepare", "pretrain", "sft", "collect", "annotate", "preferences", "reward", "ppo", "evaluate")
+
+
+def run_stage(stage: str, params_path: str = "params.yaml") -> tuple[StageResult, str]:
+    """Run one stage in this process; returns its result and MLflow run id."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r} (stages: {', '.join(STAGES)})")
+    cfg = getattr(load_params(params_path), stage)
+    module = importlib.import_module(f"rlhf.stages.{stage}")
+    with stage_run(stage, flatten(to_dict(cfg))) as run:
+        result: StageResult = module.run(cfg, StageLogger(stage))
+        mlflow.log_metrics({f"final/{k}": float(v) for k, v in result.metrics.items()
+                            if isinstance(v, (int, float)) and v == v})
+        mlflow.log_artifact(str(write_metrics(stage, result.metrics)), "metrics")
+        for p in write_plots(stage, result.plots):
+            mlflow.log_artifact(str(p), "plots")
+        return result, run.info.run_id
