@@ -33,11 +33,7 @@ def cmd_run(args) -> int:
 
 def cmd_stage(args) -> int:
     from tasks.stage import run_stage
-    if args.name in ("reward", "ppo"):
-        from tasks.reward import run_and_register
-        metrics = run_and_register(args.name, args.params)
-    else:
-        metrics = run_stage(args.name, args.params)[0].metrics
+    metrics = run_stage(args.name, args.params)[0].metrics
     print(json.dumps(metrics, indent=1, default=str))
     return 0
 
@@ -53,7 +49,8 @@ def cmd_status(args) -> int:
 
 def cmd_demo_data(args) -> int:
     from rlhf.demo.generator import generate_demo_data
-    counts = generate_demo_data(args.out, seed=args.seed)
+    counts = generate_demo_data(args.out, seed=args.seed, n_corpus=args.n_corpus, n_sft=args.n_sft,
+                                n_prompts=args.n_prompts)
     print(f"demo data in {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 
@@ -74,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo-data", help="generate the demo's raw data (deterministic)")
     d.add_argument("out")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--n-corpus", type=int, default=6000)
+    d.add_argument("--n-sft", type=int, default=1500)
+    d.add_argument("--n-prompts", type=int, default=2400)
     d.set_defaults(fn=cmd_demo_data)
     return p
 

@@ -18,10 +18,10 @@ def stage_order(root: str | Path = ".") -> list[str]:
     declared = list((yaml.safe_load(Path(root, "dvc.yaml").read_text()) or {}).get("stages", {}))
     with _repo(root) as repo:
         graph = repo.index.graph                      # edges point from a stage to the stages it depends on
-        stages = {s.addressing: s for s in graph.nodes if s.addressing in declared}
+        stages = {s.name: s for s in graph.nodes if getattr(s, "name", None) in declared}
         sub = graph.subgraph(stages.values()).reverse(copy=True)
-        order = nx.lexicographical_topological_sort(sub, key=lambda s: declared.index(s.addressing))
-        return [s.addressing for s in order]
+        order = nx.lexicographical_topological_sort(sub, key=lambda s: declared.index(s.name))
+        return [s.name for s in order]
 
 
 def stale_reasons(stage: str, root: str | Path = ".") -> list[str]:

@@ -8,8 +8,11 @@ import mlflow
 
 from rlhf.config import flatten, load_params, to_dict
 from rlhf.stages.common import StageResult
+from tasks.registry import POLICY_NAME, REWARD_NAME, log_and_register
 from tasks.tracking import StageLogger, stage_run, write_metrics, write_plots
 
+# Stages whose model output becomes a new registered version (alias "challenger").
+REGISTERS = {"reward": (REWARD_NAME, "reward"), "ppo": (POLICY_NAME, "policy")}
 STAGES = ("prepare", "pretrain", "sft", "collect", "annotate", "preferences", "reward", "ppo", "evaluate")
 
 
@@ -26,4 +29,8 @@ def run_stage(stage: str, params_path: str = "params.yaml") -> tuple[StageResult
         mlflow.log_artifact(str(write_metrics(stage, result.metrics)), "metrics")
         for p in write_plots(stage, result.plots):
             mlflow.log_artifact(str(p), "plots")
+        if stage in REGISTERS:
+            name, kind = REGISTERS[stage]
+            result.metrics["registered_version"] = float(
+                log_and_register(result.outputs["model"], name, kind, {"stage": stage, "run_id": run.info.run_id}))
         return result, run.info.run_id

@@ -1,0 +1,278 @@
+"""The ingest driver: annotation exports in, reward-model training data out, nothing lost.
+
+``ingest(paths, out_dir, ...)`` reads every file (``detect.FileReader``), drops exact duplicates, merges
+annotators per item (``merge``), derives pairs (``convert``) and Elo scores (``elo``), and writes, each
+file atomically (temp file in ``out_dir`` + ``os.replace``):
+
+``rankings.jsonl``  one merged item per line:
+                    {"item_id", "prompt", "responses", "ranks", "n_annotators", "meta"}
+                    (n_annotators = annotations merged; meta: mean_rank, annotators, annotations[...])
+``pairs.jsonl``     {"group", "prompt", "chosen", "rejected", "margin"} from the merged rankings
+``elo.jsonl``       {"group", "prompt", "response", "elo", "score"} from all accepted annotations
+``rejects.jsonl``   {"source", "line", "reason", "record"} (record = raw text, at most 2000 chars)
+``summary.json``    ``IngestSummary.to_dict()``
+
+A record is one annotation: a JSONL line, a JSON-MIN element, or one annotation of a full Label Studio
+task (a task without annotations is one record). ``read == accepted + rejected`` always holds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Callable, Iterable, Iterator, Sequence
+
+from .convert import group_by_item, ranking_to_pairs
+from .detect import FileReader, normalise_format
+from .elo import elo_from_groups
+from .merge import Agreement, merge_item, agreement as measure_agreement
+from .schema import IngestError, Ranking, ReaderConfig, Reject, RejectLimitExceeded
+
+PROGRESS_EVERY = 1000
+INPUT_SUFFIXES = (".json", ".jsonl")
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
+FILE_MODE = 0o644  # mkstemp creates 0600; outputs are ordinary data files
+
+
+@dataclass
+class IngestSummary:
+    """Counts of one ingest. ``read == accepted + rejected``; ``duplicates`` are part of ``rejected``."""
+
+    files: int
+    read: int
+    accepted: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    items: int
+    pairs: int
+    duplicates: int
+    annotators: int
+    agreement: Agreement
+    reject_share: float
+    elo_responses: int = 0
+    per_file: list[dict] = field(default_factory=list)
+    out_dir: str = ""
+    rejects_path: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _AtomicJsonl:
+    """Write JSON lines to a temp file in the target folder; ``commit`` renames it into place."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(self.tmp, FILE_MODE)
+        # backslashreplace keeps a lone surrogate inside a JSON string as a valid \udXXX escape
+        self.fh: IO[str] = os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace", newline="\n")
+        self.count = 0
+
+    def write(self, obj: dict) -> None:
+        self.fh.write(_ENCODE(obj) + "\n")
+        self.count += 1
+
+    def commit(self) -> None:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        if not self.fh.closed:
+            self.fh.close()
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
+    """Atomically write ``rows`` as JSON lines; returns the number written."""
+    out = _AtomicJsonl(path)
+    try:
+        for row in rows:
+            out.write(row)
+        out.commit()
+    finally:
+        out.discard()
+    return out.count
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Atomically write one pretty-printed JSON document."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, FILE_MODE)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def expand_paths(paths: Sequence[str | Path], exclude: Path | None = None) -> list[Path]:
+    """Files as given; a folder stands for its ``*.json``/``*.jsonl`` files (recursively, sorted), leaving
+    out hidden files and anything under ``exclude`` (the output folder)."""
+    out: list[Path] = []
+    skip = exclude.resolve() if exclude is not None else None
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in INPUT_SUFFIXES
+                              and not f.name.startswith(".")
+                              and not (skip and f.resolve().is_relative_to(skip))))
+        else:
+            out.append(p)
+    if not out:
+        raise IngestError(f"{', '.join(map(str, paths)) or '<no paths>'}: no input files")
+    return out
+
+
+@dataclass
+class _Tally:
+    read: int = 0
+    accepted: list[Ranking] = field(default_factory=list)
+    reasons: Counter = field(default_factory=Counter)
+    seen: set = field(default_factory=set)
+    per_file: list[dict] = field(default_factory=list)
+
+
+def _read_all(files: list[Path], cfg: ReaderConfig, format: str, rejects: _AtomicJsonl,
+              on_progress: Callable[[int], None] | None) -> _Tally:
+    """Read every file: accepted rankings in memory, rejects streamed to ``rejects``."""
+    tally = _Tally()
+    for path in files:
+        reader = FileReader(path, cfg, format, seen=tally.seen)
+        counts = Counter()
+        for item in reader:
+            tally.read += 1
+            counts["read"] += 1
+            if isinstance(item, Reject):
+                rejects.write(item.to_dict())
+                tally.reasons[item.kind] += 1
+                counts["rejected"] += 1
+            else:
+                tally.accepted.append(item)
+                counts["accepted"] += 1
+            if on_progress is not None and tally.read % PROGRESS_EVERY == 0:
+                on_progress(tally.read)
+        if counts["read"] == 0:
+            raise IngestError(f"{path}: no records")
+        tally.per_file.append({"path": str(path), "format": reader.format, "read": counts["read"],
+                               "accepted": counts["accepted"], "rejected": counts["rejected"]})
+    return tally
+
+
+def ingest(
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    format: str = "auto",
+    max_reject_share: float = 0.2,
+    max_field_chars: int = 20000,
+    rating_scale: tuple[float, float] = (1, 7),
+    k_factor: float = 32.0,
+    initial_rating: float = 1000.0,
+    elo_rounds: int = 1,
+    ranker_key: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> IngestSummary:
+    """Ingest preference annotations from ``paths`` into ``out_dir`` (files and schemas: module docstring).
+
+    Raises IngestError for a file that cannot be read at all (message ``<file>: <reason>``), and
+    RejectLimitExceeded when rejected / read > ``max_reject_share``, after all outputs are written.
+    """
+    fmt = normalise_format(format)
+    if elo_rounds < 1:
+        raise ValueError(f"elo_rounds must be >= 1, got {elo_rounds}")
+    if not 0.0 <= max_reject_share <= 1.0:
+        raise ValueError(f"max_reject_share must be within [0, 1], got {max_reject_share}")
+    cfg = ReaderConfig(max_field_chars=max_field_chars, rating_scale=tuple(rating_scale), ranker_key=ranker_key)
+    out = Path(out_dir)
+    files = expand_paths(paths, exclude=out)
+    out.mkdir(parents=True, exist_ok=True)
+    rejects = _AtomicJsonl(out / "rejects.jsonl")
+    try:
+        tally = _read_all(files, cfg, fmt, rejects, on_progress)
+        rejects.commit()
+    finally:
+        rejects.discard()
+    summary = _write_outputs(tally, out, rejects.count, len(files), k_factor, initial_rating, elo_rounds)
+    if on_progress is not None and tally.read % PROGRESS_EVERY:
+        on_progress(tally.read)
+    if summary.reject_share > max_reject_share:
+        raise RejectLimitExceeded(
+            f"{summary.rejects_path}: {summary.rejected} of {summary.read} records rejected "
+            f"(share {summary.reject_share:.3f} > max_reject_share {max_reject_share}); see the rejects file"
+        )
+    return summary
+
+
+def _write_outputs(tally: _Tally, out: Path, n_rejected: int, n_files: int,
+                   k_factor: float, initial: float, elo_rounds: int) -> IngestSummary:
+    """Merge, convert, write the four data files and summary.json; returns the summary."""
+    groups = group_by_item(tally.accepted)
+    merged = [merge_item(key, members) for key, members in groups.items()]
+    n_pairs = write_jsonl(out / "pairs.jsonl", (p.to_dict() for r in merged for p in ranking_to_pairs(r)))
+    write_jsonl(out / "rankings.jsonl", (_ranking_row(r) for r in merged))
+    scores = elo_from_groups(groups, k_factor=k_factor, initial=initial, n_rounds=elo_rounds)
+    write_jsonl(out / "elo.jsonl", (s.to_dict() for s in scores))
+    accepted = len(tally.accepted)
+    if tally.read != accepted + n_rejected:
+        raise AssertionError(f"accounting broken: read {tally.read} != accepted {accepted} + rejected {n_rejected}")
+    summary = IngestSummary(
+        files=n_files, read=tally.read, accepted=accepted, rejected=n_rejected,
+        rejected_by_reason=dict(sorted(tally.reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+        items=len(merged), pairs=n_pairs, duplicates=tally.reasons.get("duplicate", 0),
+        annotators=len({r.annotator for r in tally.accepted if r.annotator is not None}),
+        agreement=measure_agreement(groups), reject_share=n_rejected / tally.read if tally.read else 0.0,
+        elo_responses=len(scores), per_file=tally.per_file, out_dir=str(out),
+        rejects_path=str(out / "rejects.jsonl"),
+    )
+    write_json(out / "summary.json", summary.to_dict())
+    return summary
+
+
+def _ranking_row(r: Ranking) -> dict:
+    return {"item_id": r.item_id, "prompt": r.prompt, "responses": list(r.responses), "ranks": list(r.ranks),
+            "n_annotators": len(r.meta["annotations"]), "meta": r.meta}
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _table(rows: list[tuple[str, ...]]) -> Iterator[str]:
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    for row in rows:
+        yield "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
+
+
+def format_summary(summary: IngestSummary | dict) -> str:
+    """A small aligned table of the summary (an IngestSummary or the summary.json dict), for printing."""
+    s = summary.to_dict() if isinstance(summary, IngestSummary) else summary
+    a = s["agreement"]
+    rows = [("records read", _fmt(s["read"])), ("accepted", _fmt(s["accepted"])),
+            ("rejected", f"{s['rejected']} ({s['reject_share']:.1%})")]
+    rows += [(f"  {reason}", _fmt(n)) for reason, n in s["rejected_by_reason"].items()]
+    rows += [("duplicates", _fmt(s["duplicates"])), ("items", _fmt(s["items"])), ("pairs", _fmt(s["pairs"])),
+             ("elo responses", _fmt(s["elo_responses"])), ("annotators", _fmt(s["annotators"])),
+             ("agreement (pairwise)", _fmt(a["pairwise"])), ("agreement (kendall tau)", _fmt(a["kendall_tau"])),
+             ("items with overlap", _fmt(a["items"]))]
+    lines = list(_table(rows))
+    if s["per_file"]:
+        files = [("file", "format", "read", "accepted", "rejected")]
+        files += [(f["path"], str(f["format"]), str(f["read"]), str(f["accepted"]), str(f["rejected"]))
+                  for f in s["per_file"]]
+        lines += [""] + list(_table(files))
+    return "\n".join(lines)

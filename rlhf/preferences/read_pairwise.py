@@ -1,0 +1,110 @@
+"""Reader for TRL-style preference JSONL: prompt / chosen / rejected.
+
+Accepted schemas (one JSON object per line; optional ``id``, ``annotator``; other fields go to meta)::
+
+    standard:        {"prompt": "Why is the sky blue?", "chosen": "Rayleigh...", "rejected": "Paint."}
+    conversational:  {"prompt": [{"role": "user", "content": "..."}],
+                      "chosen": [{"role": "assistant", "content": "..."}],
+                      "rejected": [{"role": "assistant", "content": "..."}]}
+    implicit prompt: {"chosen": [<full conversation>], "rejected": [<full conversation>]}
+                     the longest common prefix of messages is the prompt, the rest are the responses.
+
+Conversational prompts become text in the Anthropic HH layout (``"\\n\\nHuman: ...\\n\\nAssistant:"``, roles
+user -> Human, assistant -> Assistant, others capitalised) so that every format yields text; the
+messages themselves are kept in ``meta["prompt_messages"]``. A response of one message is its content; a
+response of several messages is rendered the same way. The result is a Ranking of 2 (chosen rank 0).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .schema import (
+    Ranking,
+    RecordContext,
+    RecordError,
+    annotator_of,
+    build_ranking,
+    check_text,
+    expect,
+    extra_fields,
+    get_field,
+    item_id_of,
+)
+
+_ROLE_LABELS = {"user": "Human", "assistant": "Assistant", "human": "Human"}
+_USED = ("prompt", "chosen", "rejected", "id", "annotator")
+
+
+def parse(obj: Any, ctx: RecordContext) -> Ranking:
+    """One prompt/chosen/rejected record -> Ranking of 2 (raises RecordError)."""
+    expect(obj, "object", "record")
+    chosen, rejected = get_field(obj, "chosen"), get_field(obj, "rejected")
+    meta = extra_fields(obj, _USED)
+    if "prompt" not in obj:
+        if not (isinstance(chosen, list) and isinstance(rejected, list)):
+            raise RecordError("missing field 'prompt'")
+        prompt_msgs, chosen, rejected = split_common_prefix(chosen, rejected, ctx)
+        prompt = render_messages(prompt_msgs)
+        meta["prompt_messages"] = prompt_msgs
+    elif isinstance(obj["prompt"], list):
+        prompt_msgs = check_messages(obj["prompt"], "prompt", ctx)
+        prompt = render_messages(prompt_msgs)
+        meta["prompt_messages"] = prompt_msgs
+    else:
+        prompt = check_text(expect(obj["prompt"], "string or array", "prompt"), "prompt", ctx.cfg)
+    responses = [response_text(chosen, "chosen", ctx), response_text(rejected, "rejected", ctx)]
+    check_text(prompt, "prompt", ctx.cfg)
+    return build_ranking(
+        prompt, responses, (0, 1), ctx,
+        annotator=annotator_of(obj.get("annotator"), "annotator"), item_id=item_id_of(obj, ctx), meta=meta,
+    )
+
+
+def check_messages(value: Any, where: str, ctx: RecordContext) -> list[dict]:
+    """A non-empty list of ``{"role": str, "content": str}`` with non-empty contents."""
+    expect(value, "array", where)
+    if not value:
+        raise RecordError(f"empty text in '{where}'")
+    for i, msg in enumerate(value):
+        expect(msg, "object", f"{where}[{i}]")
+        expect(get_field(msg, "role", f"{where}[{i}]."), "string", f"{where}[{i}].role")
+        check_text(get_field(msg, "content", f"{where}[{i}]."), f"{where}[{i}].content", ctx.cfg)
+    return value
+
+
+def response_text(value: Any, where: str, ctx: RecordContext) -> str:
+    """A response given as text or as assistant message(s)."""
+    if isinstance(value, list):
+        msgs = check_messages(value, where, ctx)
+        text = msgs[0]["content"] if len(msgs) == 1 else render_messages(msgs)
+        return check_text(text, where, ctx.cfg)
+    return check_text(expect(value, "string or array", where), where, ctx.cfg)
+
+
+def split_common_prefix(chosen: list, rejected: list, ctx: RecordContext) -> tuple[list, list, list]:
+    """(shared prefix, chosen rest, rejected rest) of two full conversations."""
+    chosen = check_messages(chosen, "chosen", ctx)
+    rejected = check_messages(rejected, "rejected", ctx)
+    n = 0
+    while n < min(len(chosen), len(rejected)) and _same(chosen[n], rejected[n]):
+        n += 1
+    if n == 0:
+        raise RecordError("no shared prompt: 'chosen' and 'rejected' start with different messages")
+    if n == len(chosen) and n == len(rejected):
+        raise RecordError("duplicate response text: 'chosen' and 'rejected' are identical")
+    for name, rest in (("chosen", chosen[n:]), ("rejected", rejected[n:])):
+        if not rest:
+            raise RecordError(f"empty text in '{name}': nothing after the shared prompt")
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.get("role") == b.get("role") and a.get("content") == b.get("content")
+
+
+def render_messages(messages: list[dict]) -> str:
+    """Messages as an HH-style transcript; ends with "\\n\\nAssistant:" unless the last turn is the assistant's."""
+    parts = [f"\n\n{_ROLE_LABELS.get(m['role'], m['role'].capitalize())}: {m['content']}" for m in messages]
+    if messages and messages[-1]["role"] != "assistant":
+        parts.append("\n\nAssistant:")
+    return "".join(parts)
