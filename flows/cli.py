@@ -75,7 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-sft", type=int, default=1500)
     d.add_argument("--n-prompts", type=int, default=2400)
     d.set_defaults(fn=cmd_demo_data)
+    register_plugins(sub)
     return p
+
+
+def register_plugins(sub) -> None:
+    """Subcommands contributed by the modules of flows/commands (ingest, promote, report, ...)."""
+    import importlib
+    import pkgutil
+
+    import flows.commands as commands
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"flows.commands.{info.name}")
+        if hasattr(module, "register"):
+            module.register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -227,6 +227,9 @@ class EvaluateConfig:
     corpus: str = "data/corpus.jsonl"
     out_dir: str = "artifacts/evaluate"
     max_prompts: int = 256
+    # Pairs whose gold scores differ by less than this are ties for the reward-model accuracy: below what the
+    # simulated annotators (noise ~0.15) can resolve. reward_model_accuracy_all counts every non-equal pair.
+    gold_tie_margin: float = 0.1
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     seed: int = 1234
 

@@ -216,16 +216,16 @@ def ingest(
 
 def _write_outputs(tally: _Tally, out: Path, n_rejected: int, n_files: int,
                    k_factor: float, initial: float, elo_rounds: int) -> IngestSummary:
-    """Merge, convert, write the four data files and summary.json; returns the summary."""
+    """Merge, convert, write the three data files and summary.json; returns the summary."""
+    accepted = len(tally.accepted)
+    if tally.read != accepted + n_rejected:  # the invariant of DESIGN.md #7, checked before anything is written
+        raise AssertionError(f"accounting broken: read {tally.read} != accepted {accepted} + rejected {n_rejected}")
     groups = group_by_item(tally.accepted)
     merged = [merge_item(key, members) for key, members in groups.items()]
     n_pairs = write_jsonl(out / "pairs.jsonl", (p.to_dict() for r in merged for p in ranking_to_pairs(r)))
     write_jsonl(out / "rankings.jsonl", (_ranking_row(r) for r in merged))
     scores = elo_from_groups(groups, k_factor=k_factor, initial=initial, n_rounds=elo_rounds)
     write_jsonl(out / "elo.jsonl", (s.to_dict() for s in scores))
-    accepted = len(tally.accepted)
-    if tally.read != accepted + n_rejected:
-        raise AssertionError(f"accounting broken: read {tally.read} != accepted {accepted} + rejected {n_rejected}")
     summary = IngestSummary(
         files=n_files, read=tally.read, accepted=accepted, rejected=n_rejected,
         rejected_by_reason=dict(sorted(tally.reasons.items(), key=lambda kv: (-kv[1], kv[0]))),

@@ -22,7 +22,7 @@ from .schema import RecordError
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _SERVER_PATHS = ("/data/upload/", "/data/local-files/", "/storage-data/")
 _DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
-_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}$")
+_EXTENSION = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,7}$")
 _MAX_TOKEN = 4096
 
 

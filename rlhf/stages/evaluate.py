@@ -11,6 +11,7 @@ from rlhf.data import encode_prompt, encode_response, load_jsonl, pad_left, writ
 from rlhf.demo.judge import GoldJudge
 from rlhf.generation import gather_logprobs, response_logits, sample_responses
 from rlhf.modeling import RewardModel, load_causal_lm, load_tokenizer, position_ids_from_mask
+from rlhf.reward import score_texts
 from rlhf.stages.common import StageResult, seed_everything
 
 RM_PAIRS_K = 4
@@ -42,17 +43,14 @@ def sequence_logprob(model, tok, prompts, responses, ended, temperature: float, 
     return torch.cat(out)
 
 
-def rm_accuracy(reward, tok, judge, prompts, responses, ended, k: int) -> tuple[float, int]:
-    """Pairwise accuracy of the reward model against the gold judge over all pairs of the K samples per prompt
-    (pairs the judge scores equally are skipped)."""
-    from rlhf.reward import score_texts
-    scores = score_texts(reward, tok, prompts, responses, ended, 64).tolist()
-    gold = judge.score_many(prompts, responses, ended)
+def pairwise_agreement(scores: list[float], gold: list[float], k: int, tie_margin: float = 0.0) -> tuple[float, int]:
+    """Share of pairs (within each consecutive group of k) that ``scores`` order like ``gold``; pairs whose gold
+    scores differ by less than ``tie_margin`` (or are equal) count as ties and are skipped. Returns (acc, pairs)."""
     correct = total = 0
-    for g in range(0, len(prompts), k):
+    for g in range(0, len(gold), k):
         for i in range(g, g + k):
             for j in range(i + 1, g + k):
-                if abs(gold[i] - gold[j]) < 1e-9:
+                if abs(gold[i] - gold[j]) < max(tie_margin, 1e-9):
                     continue
                 total += 1
                 correct += (gold[i] > gold[j]) == (scores[i] > scores[j])
@@ -75,14 +73,17 @@ def run(cfg: EvaluateConfig, on_log=None) -> StageResult:
     reward = RewardModel.from_pretrained(cfg.reward_path).eval()
     rep = [p for p in prompts for _ in range(RM_PAIRS_K)]
     k_txt, k_end = sample_responses(sft, tok, rep, s.max_new_tokens, s.temperature, s.batch_size, cfg.seed + 1)
-    acc, n_pairs = rm_accuracy(reward, tok, judge, rep, k_txt, k_end, RM_PAIRS_K)
-    from rlhf.reward import score_texts
+    k_scores = score_texts(reward, tok, rep, k_txt, k_end, 64).tolist()
+    k_gold = judge.score_many(rep, k_txt, k_end)
+    acc, n_pairs = pairwise_agreement(k_scores, k_gold, RM_PAIRS_K, cfg.gold_tie_margin)
+    acc_all, n_all = pairwise_agreement(k_scores, k_gold, RM_PAIRS_K)
     rm_sft = score_texts(reward, tok, prompts, sft_txt, sft_end, 64).tolist()
     rm_pol = score_texts(reward, tok, prompts, pol_txt, pol_end, 64).tolist()
     n = max(len(prompts), 1)
     metrics = {
         "gold_score_sft": sum(gold_sft) / n, "gold_score_policy": sum(gold_pol) / n, "win_rate_vs_sft": sum(wins) / n,
         "kl_to_ref": float(kl.mean()), "reward_model_accuracy": acc, "reward_model_pairs": n_pairs,
+        "reward_model_accuracy_all": acc_all, "reward_model_pairs_all": n_all,
         "rm_score_sft": sum(rm_sft) / n, "rm_score_policy": sum(rm_pol) / n,
         "eos_rate_sft": sum(sft_end) / n, "eos_rate_policy": sum(pol_end) / n,
         "distinct2_sft": distinct_n(sft_txt), "distinct2_policy": distinct_n(pol_txt), "n_prompts": len(prompts)}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from rlhf.preferences import FileReader, IngestError, Ranking, ReaderConfig, Reject, classify
+from rlhf.preferences.refs import reference_kind
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "preferences"
 
@@ -371,3 +372,14 @@ def test_urls_in_jsonl_formats_are_plain_text(tmp_path):
     path.write_text(json.dumps({"prompt": "Link?", "chosen": "https://example.org/docs", "rejected": "no"}) + "\n")
     ok, _, _ = read(path)
     assert ok[0].responses[0] == "https://example.org/docs"
+
+
+@pytest.mark.parametrize("value, kind", [
+    ("http://x.org/a.txt", "remote"), ("https://x.org", "remote"), ("s3://b/k", "remote"), ("gs://b/k", "remote"),
+    ("//host/share", "remote"), ("/data/upload/3/a.txt", "remote"), ("/data/local-files/?d=a.txt", "remote"),
+    ("../x", "path"), ("./a.txt", "path"), ("/etc/passwd", "path"), ("texts/a.txt", "path"), ("C:\\x.txt", "path"),
+    ("and/or", None), ("1/2", None), ("v1.2/v1.3", None), ("/help", None), ("391", None),
+    ("see http://x.org for more", None), ("What is /etc/passwd?", None),
+])
+def test_reference_kind(value, kind):
+    assert reference_kind(value) == kind
