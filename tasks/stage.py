@@ -8,6 +8,8 @@ import mlflow
 
 from rlhf.config import flatten, load_params, to_dict
 from rlhf.stages.common import StageResult
+from tasks.figures import log_figures
+from tasks.lineage import log_lineage
 from tasks.registry import POLICY_NAME, REWARD_NAME, log_and_register
 from tasks.tracking import StageLogger, stage_run, write_metrics, write_plots
 
@@ -29,6 +31,8 @@ def run_stage(stage: str, params_path: str = "params.yaml") -> tuple[StageResult
         mlflow.log_artifact(str(write_metrics(stage, result.metrics)), "metrics")
         for p in write_plots(stage, result.plots):
             mlflow.log_artifact(str(p), "plots")
+        log_figures(stage, result)
+        log_lineage(stage, result)
         if stage in REGISTERS:
             name, kind = REGISTERS[stage]
             result.metrics["registered_version"] = float(
