@@ -98,4 +98,5 @@ def experience_stats(exp: Experience, kl_coef: float) -> dict[str, float]:
         "val/response_length": float(lengths.mean()),
         "val/values": float(masked_mean(exp.values, exp.mask)),
         "val/returns": float(masked_mean(exp.returns, exp.mask)),
+        "val/error": float(masked_mean((exp.values - exp.returns) ** 2, exp.mask)),
     }

@@ -1,0 +1,61 @@
+"""The PPO and reward-model options beyond the defaults run and learn on a tiny model."""
+import pytest
+import torch
+
+from rlhf.config import ModelConfig, PPOConfig, SamplingConfig, TrainConfig
+from rlhf.modeling import CriticModel, PolicyWithValueHead, RewardModel, build_gpt2
+from rlhf.ppo import PPOModels, PPOTrainer
+from rlhf.reward import encode_groups, pairwise_accuracy, train_reward_model
+
+SMALL = ModelConfig(n_layer=1, n_head=2, n_embd=32, n_positions=64)
+
+
+def trainer(tok, tiny_lm, value_model=None, **overrides):
+    cfg = PPOConfig(total_episodes=16, rollout_batch_size=8, num_mini_batches=2, ppo_epochs=2, lr=1e-3,
+                    sampling=SamplingConfig(max_new_tokens=6, batch_size=8), **overrides)
+    rm = RewardModel(build_gpt2(SMALL, tok, seed=1).transformer).eval()
+    return PPOTrainer(cfg, PPOModels(PolicyWithValueHead(tiny_lm), build_gpt2(SMALL, tok, seed=0).eval(), rm, value_model),
+                      tok, ["the film was", "the plot was"])
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_every_kl_estimator_trains(tok, tiny_lm, estimator):
+    t = trainer(tok, tiny_lm, kl_estimator=estimator, adaptive_kl=False)
+    stats = t.train()
+    assert t.iteration == 2 and torch.isfinite(torch.tensor(stats["objective/kl"]))
+    if estimator in ("k2", "k3"):
+        assert stats["objective/kl"] >= 0          # k2 and k3 are non-negative per token
+
+
+def test_separate_critic_is_trained(tok, tiny_lm):
+    rm = RewardModel(build_gpt2(SMALL, tok, seed=2).transformer)
+    critic = CriticModel(rm.trunk, rm.score_head)
+    before = [p.detach().clone() for p in critic.parameters()]
+    t = trainer(tok, tiny_lm, value_model=critic)
+    t.train()
+    assert any(not torch.equal(a, b) for a, b in zip(before, critic.parameters()))
+
+
+def test_adaptive_kl_coefficient_moves(tok, tiny_lm):
+    t = trainer(tok, tiny_lm, adaptive_kl=True, kl_coef=0.1, target_kl=0.001, kl_horizon=10)
+    t.train()
+    assert t.kl_ctl.value != 0.1
+
+
+def test_elo_regression_objective_learns(tok, tiny_lm):
+    rows = [{"prompt": "the film was", "responses": [f"{g} and the music felt {x}.", f"{b} and the music felt {x}."],
+             "ranks": [0, 1]} for g, b in (("great", "bad"), ("superb", "dull")) for x in ("long", "short", "warm")]
+    elo = {(r["prompt"], r["responses"][0]): 1.0 for r in rows} | {(r["prompt"], r["responses"][1]): -1.0 for r in rows}
+    groups = encode_groups(tok, rows * 8, 64, elo)
+    assert groups[0].targets == [1.0, -1.0]
+    rm = RewardModel(tiny_lm.transformer)
+    train_reward_model(rm, groups, TrainConfig(epochs=3, batch_size=8, lr=3e-3), tok.pad_token_id, loss_type="elo")
+    assert pairwise_accuracy(rm, groups, tok.pad_token_id) == 1.0
+
+
+def test_margin_option_trains(tok, tiny_lm):
+    rows = [{"prompt": "the film was", "responses": ["great.", "fine.", "bad."], "ranks": [0, 1, 2]}] * 16
+    groups = encode_groups(tok, rows, 64)
+    rm = RewardModel(tiny_lm.transformer)
+    train_reward_model(rm, groups, TrainConfig(epochs=3, batch_size=8, lr=3e-3), tok.pad_token_id, use_margin=True)
+    assert pairwise_accuracy(rm, groups, tok.pad_token_id) == 1.0
