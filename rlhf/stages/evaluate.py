@@ -64,15 +64,24 @@ def run(cfg: EvaluateConfig, on_log=None) -> StageResult:
     tok = load_tokenizer(cfg.sft_path)
     sft, policy = load_causal_lm(cfg.sft_path, tok).eval(), load_causal_lm(cfg.policy_path, tok).eval()
     s = cfg.sampling
-    sft_txt, sft_end = sample_responses(sft, tok, prompts, s.max_new_tokens, s.temperature, s.batch_size, cfg.seed)
-    pol_txt, pol_end = sample_responses(policy, tok, prompts, s.max_new_tokens, s.temperature, s.batch_size, cfg.seed)
+    done = [0]
+
+    def progress(n: int, total: int) -> None:       # three sampling passes: SFT, policy, K per prompt for the RM
+        if on_log and n == total:
+            done[0] += 1
+            on_log(done[0], {"progress/sampling_passes": done[0]})
+    sft_txt, sft_end = sample_responses(sft, tok, prompts, s.max_new_tokens, s.temperature, s.batch_size, cfg.seed,
+                                        on_progress=progress)
+    pol_txt, pol_end = sample_responses(policy, tok, prompts, s.max_new_tokens, s.temperature, s.batch_size, cfg.seed,
+                                        on_progress=progress)
     gold_sft, gold_pol = judge.score_many(prompts, sft_txt, sft_end), judge.score_many(prompts, pol_txt, pol_end)
     wins = [1.0 if p > q else 0.5 if p == q else 0.0 for p, q in zip(gold_pol, gold_sft)]
     kl = (sequence_logprob(policy, tok, prompts, pol_txt, pol_end, s.temperature)
           - sequence_logprob(sft, tok, prompts, pol_txt, pol_end, s.temperature))
     reward = RewardModel.from_pretrained(cfg.reward_path).eval()
     rep = [p for p in prompts for _ in range(RM_PAIRS_K)]
-    k_txt, k_end = sample_responses(sft, tok, rep, s.max_new_tokens, s.temperature, s.batch_size, cfg.seed + 1)
+    k_txt, k_end = sample_responses(sft, tok, rep, s.max_new_tokens, s.temperature, s.batch_size, cfg.seed + 1,
+                                    on_progress=progress)
     k_scores = score_texts(reward, tok, rep, k_txt, k_end, 64).tolist()
     k_gold = judge.score_many(rep, k_txt, k_end)
     acc, n_pairs = pairwise_agreement(k_scores, k_gold, RM_PAIRS_K, cfg.gold_tie_margin)
