@@ -1,6 +1,22 @@
-"""Log a model directory as an MLflow model and register a new version with the alias ``challenger``."""
+"""The model registry: every policy and reward model a stage trains becomes an MLflow model version with its lineage
+and a model card; aliases say which version serves (``champion``) and which waits for the gates (``challenger``).
+
+- Models are MLflow pyfuncs defined *from code* (``tasks/mlflow_models``): loading runs that code and reads the
+  ``save_pretrained`` safetensors folder logged beside it; nothing is unpickled.
+- Lineage tags on each version (``lineage.*``): git commit, whether tracked code/params were modified, the data.dvc
+  hash, the DVC hash of every dependency of the stage and of the model folder itself (computed by DVC from the
+  workspace when the model is registered: the same values ``dvc commit`` writes to dvc.lock right after the stage),
+  the stage params, the MLflow run and parent run. ``metrics.*`` tags hold the stage's final metrics.
+- Aliases and tags only (no deprecated stages). The registered model keeps ``champion_history`` (earlier champions,
+  oldest first) and ``previous_champion`` so ``rollback`` can undo a promotion.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import subprocess
+import time
 from pathlib import Path
 
 import mlflow
@@ -8,26 +24,388 @@ from mlflow import MlflowClient
 
 POLICY_NAME = "rlhf-policy"
 REWARD_NAME = "rlhf-reward-model"
+CHALLENGER, CHAMPION = "challenger", "champion"
+HISTORY_TAG, PREVIOUS_TAG = "champion_history", "previous_champion"
+KINDS = {"policy": POLICY_NAME, "reward": REWARD_NAME}
+KIND_STAGE = {"policy": "ppo", "reward": "reward"}
 _MODELS = Path(__file__).parent / "mlflow_models"
 _CORE = Path(__file__).resolve().parent.parent / "rlhf"
 # Explicit requirements: MLflow's inferred defaults pull torchvision (STACK-NOTES trap 2).
 PIP_REQUIREMENTS = ["torch", "transformers", "safetensors", "tokenizers", "pandas"]
+EXAMPLE_PROMPT, EXAMPLE_RESPONSE = "the acting in this film", "was superb."
+MAX_DESCRIPTION = 5000                       # the SQL store's limit for a model version description
+
+
+class RegistryError(RuntimeError):
+    """A registry problem the user can act on; the message is one line."""
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------- connection
+def connect(root: str | Path = ".", must_exist: bool = True) -> str:
+    """Point MLflow at MLFLOW_TRACKING_URI (or the embedded ``mlflow.db`` under ``root``) and check it answers."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+                ok = r.status == 200
+        except OSError as e:
+            raise RegistryError(f"no MLflow server at {uri} (MLFLOW_TRACKING_URI): "
+                                f"{one_line(getattr(e, 'reason', e))}") from None
+        if not ok:
+            raise RegistryError(f"MLflow server at {uri} is not healthy")
+    elif uri.startswith("sqlite:///") and must_exist and not Path(uri[len("sqlite:///"):]).exists():
+        raise RegistryError(f"no MLflow store at {uri[len('sqlite:///'):]}: run the pipeline first "
+                            "or set MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+# ---------------------------------------------------------------------------------------------- lineage
+def _md5_file(path: Path) -> str:
+    h = hashlib.md5()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def md5_path(path: str | Path) -> str:
+    """md5 of a file; for a folder, md5 over its sorted "relpath md5" lines (suffix .dir, like DVC's folder hashes,
+    but not byte-equal to them: used only where DVC cannot hash, and tagged ``lineage.hash_method=md5``)."""
+    path = Path(path)
+    if path.is_file():
+        return _md5_file(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    lines = "".join(f"{p.relative_to(path).as_posix()} {_md5_file(p)}\n" for p in files)
+    return hashlib.md5(lines.encode()).hexdigest() + ".dir"
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def data_dvc_md5(root: str | Path = ".") -> str:
+    """The md5 data.dvc records for the raw data ("" without data.dvc)."""
+    import yaml
+    path = Path(root) / "data.dvc"
+    if not path.exists():
+        return ""
+    outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or [{}]
+    return str(outs[0].get("md5", ""))
+
+
+def dvc_hashes(stage: str, model_dir: str | Path, root: str | Path = ".") -> dict[str, str]:
+    """DVC's own hashes of the stage's file dependencies and of the model folder, as dvc.lock will record them.
+    Falls back to plain md5 of the model folder when there is no dvc.yaml stage of that name."""
+    model_dir = Path(model_dir)
+    if Path(root, "dvc.yaml").exists():
+        os.environ.setdefault("DVC_SITE_CACHE_DIR", str(Path(root).resolve() / ".dvc" / "tmp" / "site_cache"))
+        try:
+            from dvc.dependency.param import ParamsDependency
+            from dvc.repo import Repo
+            with Repo(str(root)) as repo:
+                (st,) = repo.stage.collect(stage)
+                tags = {f"lineage.dep.{d.def_path}": str(d.get_hash().value) for d in st.deps
+                        if not isinstance(d, ParamsDependency) and d.exists}
+                for o in st.outs:
+                    if Path(o.fs_path).resolve() == model_dir.resolve():
+                        tags["lineage.model_md5"] = str(o.get_hash().value)
+            if "lineage.model_md5" in tags:
+                return {**tags, "lineage.hash_method": "dvc"}
+        except Exception as e:  # lineage must never fail a training run; the tag says what happened
+            return {"lineage.model_md5": md5_path(model_dir), "lineage.hash_method": "md5",
+                    "lineage.dvc_error": one_line(e, 200)}
+    return {"lineage.model_md5": md5_path(model_dir), "lineage.hash_method": "md5"}
+
+
+def lineage_tags(model_dir: str | Path, stage: str, run_id: str | None) -> dict[str, str]:
+    """Every ``lineage.*`` and ``metrics.*`` tag of a new version (see the module docstring)."""
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock", ":!metrics", ":!plots")
+    tags = {"lineage.stage": stage, "lineage.git_commit": _git("rev-parse", "HEAD"),
+            "lineage.git_dirty": str(bool(dirty)).lower(), "lineage.data_dvc_md5": data_dvc_md5()}
+    if run_id:
+        run = MlflowClient().get_run(run_id)
+        params = dict(sorted(run.data.params.items()))
+        tags.update({"lineage.run_id": run_id, "lineage.experiment_id": run.info.experiment_id,
+                     "lineage.parent_run_id": run.data.tags.get("mlflow.parentRunId", ""),
+                     "lineage.params_md5": hashlib.md5(json.dumps(params).encode()).hexdigest(),
+                     "lineage.params": params_json(params)})
+        tags.update({f"metrics.{k[len('final/'):]}": f"{v:.6g}" for k, v in run.data.metrics.items()
+                     if k.startswith("final/")})
+    tags.update(dvc_hashes(stage, model_dir))
+    return tags
+
+
+def params_json(params: dict, limit: int = 4900) -> str:
+    """Compact JSON of the params, within a tag value's size; the largest values are shortened when it is not."""
+    text = json.dumps(params, separators=(",", ":"))
+    for _ in range(64):
+        if len(text) <= limit or not params:
+            break
+        key = max(params, key=lambda k: len(str(params[k])))
+        params = {**params, key: str(params[key])[: max(len(str(params[key])) // 2, 8)] + "..."}
+        text = json.dumps(params, separators=(",", ":"))
+    return text[:limit]                                   # still too long: cut (parse_params then gives {})
+
+
+def parse_params(tags: dict[str, str]) -> dict:
+    try:
+        return json.loads(tags.get("lineage.params") or "{}")
+    except ValueError:
+        return {}
+
+
+def reward_model_of(policy_tags: dict[str, str], reward_path: str | None) -> str | None:
+    """The registered reward-model version a policy was trained against: the one whose model hash equals the hash
+    of the policy stage's reward dependency."""
+    dep = policy_tags.get(f"lineage.dep.{reward_path}") if reward_path else None
+    if not dep:
+        return None
+    try:
+        versions = MlflowClient().search_model_versions(f"name='{REWARD_NAME}'")
+    except Exception:
+        return None
+    hits = [v for v in versions if (v.tags or {}).get("lineage.model_md5") == dep]
+    return str(max(int(v.version) for v in hits)) if hits else None
+
+
+# ---------------------------------------------------------------------------------------------- model card
+def model_card(name: str, version: str, kind: str, tags: dict[str, str]) -> str:
+    """A markdown model card: what it is, how to load it, metrics, lineage, how to reproduce, params."""
+    commit = tags.get("lineage.git_commit") or "<commit>"
+    metrics = {k[len("metrics."):]: v for k, v in sorted(tags.items()) if k.startswith("metrics.")}
+    lineage = {k: v for k, v in sorted(tags.items()) if k.startswith("lineage.") and k != "lineage.params"}
+    params = parse_params(tags)
+    what = ("policy (causal LM): predict({prompt}) -> sampled response" if kind == "policy"
+            else "reward model: predict({prompt, response[, ended]}) -> normalised score")
+    use = ('generate --prompt "the acting in this film"' if kind == "policy" else "score --prompt P --response R")
+    lines = [f"# {name} v{version}", "", f"{what}. Weights: safetensors (`save_pretrained`), loaded by code.", "",
+             "## Use", "", "```", f"rlhf {use.split()[0]} --model models:/{name}/{version} {use.split(' ', 1)[1]}",
+             f'mlflow.pyfunc.load_model("models:/{name}/{version}")', "```", "", "## Metrics (final, stage run)", "",
+             "| metric | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in metrics.items()], "",
+             "## Lineage", "", "| tag | value |", "|---|---|", *[f"| {k} | `{v}` |" for k, v in lineage.items()], "",
+             "## Reproduce", "", "```", f"git checkout {commit} && dvc checkout   # code, params, dvc.lock, data",
+             f"dvc repro {tags.get('lineage.stage', '')}", "```", "", "## Params", "", "| param | value |", "|---|---|",
+             *[f"| {k} | {v} |" for k, v in params.items()]]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- registration
+def signature(kind: str):
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+    if kind == "policy":
+        return ModelSignature(
+            inputs=Schema([ColSpec("string", "prompt")]), outputs=Schema([ColSpec("string", "response")]),
+            params=ParamSchema([ParamSpec("max_new_tokens", "long", 24), ParamSpec("temperature", "double", 1.0),
+                                ParamSpec("seed", "long", 0), ParamSpec("max_prompt_tokens", "long", 32)]))
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", "response"),
+                       ColSpec("boolean", "ended", required=False)]),
+        outputs=Schema([ColSpec("double", "score")]), params=ParamSchema([ParamSpec("max_length", "long", 64)]))
 
 
 def log_and_register(model_dir: str, name: str, kind: str, tags: dict | None = None) -> str:
-    """Log ``model_dir`` in the active run as an MLflow pyfunc ("models from code"; weights stay safetensors) and
-    register it; returns the new version number."""
+    """Log ``model_dir`` in the active run as an MLflow pyfunc ("models from code"; weights stay safetensors),
+    register it with alias ``challenger``, lineage tags and a model card; returns the new version number."""
     import pandas as pd
 
-    code = _MODELS / ("policy_model.py" if kind == "policy" else "reward_model.py")
-    example = pd.DataFrame({"prompt": ["the acting in this film"]} if kind == "policy"
-                           else {"prompt": ["the acting in this film"], "response": ["was superb."]})
-    info = mlflow.pyfunc.log_model(name=kind, python_model=str(code), artifacts={"model": str(model_dir)},
-                                   code_paths=[str(_CORE)], pip_requirements=PIP_REQUIREMENTS,
-                                   input_example=example, registered_model_name=name)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    tags = {k: str(v) for k, v in (tags or {}).items()}
+    stage = tags.get("stage") or KIND_STAGE[kind]
+    active = mlflow.active_run()
+    run_id = tags.get("run_id") or (active.info.run_id if active else None)
+    example = pd.DataFrame({"prompt": [EXAMPLE_PROMPT]} if kind == "policy"
+                           else {"prompt": [EXAMPLE_PROMPT], "response": [EXAMPLE_RESPONSE]})
+    info = mlflow.pyfunc.log_model(
+        name=kind, python_model=str(_MODELS / ("policy_model.py" if kind == "policy" else "reward_model.py")),
+        artifacts={"model": str(model_dir)}, code_paths=[str(_CORE)], pip_requirements=PIP_REQUIREMENTS,
+        signature=signature(kind), input_example=example, registered_model_name=name,
+        # Declared so a user can turn it on at load time (MLflow ignores load-time keys not declared here);
+        # MLflow also logs it as a run param.
+        model_config={"trust_remote_code": False})
     version = str(info.registered_model_version)
+    tags.update(lineage_tags(model_dir, stage, run_id))
+    if kind == "policy":
+        rm = reward_model_of(tags, parse_params(tags).get("reward_path"))
+        if rm:
+            tags["lineage.reward_model_version"] = rm
     client = MlflowClient()
-    client.set_registered_model_alias(name, "challenger", version)
-    for k, v in (tags or {}).items():
-        client.set_model_version_tag(name, version, k, str(v))
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v)
+    card = model_card(name, version, kind, tags)
+    client.update_model_version(name, version, description=card[:MAX_DESCRIPTION])
+    if active:
+        mlflow.log_text(card, f"model_card/{name}-v{version}.md")
+    client.set_registered_model_alias(name, CHALLENGER, version)
     return version
+
+
+# ---------------------------------------------------------------------------------------------- aliases
+def version_by_alias(name: str, alias: str):
+    """The model version an alias points to, or None (no such model or alias)."""
+    from mlflow.exceptions import MlflowException
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException as e:
+        if getattr(e, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def history(name: str) -> list[str]:
+    """Earlier champions of ``name``, oldest first."""
+    tag = (MlflowClient().get_registered_model(name).tags or {}).get(HISTORY_TAG, "")
+    return [v for v in tag.split(",") if v]
+
+
+def _set_history(name: str, versions: list[str]) -> None:
+    client = MlflowClient()
+    versions = versions[-200:]
+    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(versions))
+    if versions:
+        client.set_registered_model_tag(name, PREVIOUS_TAG, versions[-1])
+    else:
+        client.delete_registered_model_tag(name, PREVIOUS_TAG)
+
+
+def set_champion(name: str, version: str) -> str | None:
+    """Point ``champion`` at ``version``; the replaced champion is pushed on the history. Returns it (or None)."""
+    current = version_by_alias(name, CHAMPION)
+    previous = str(current.version) if current else None
+    if previous == str(version):
+        return previous
+    if previous:
+        _set_history(name, history(name) + [previous])
+    MlflowClient().set_registered_model_alias(name, CHAMPION, str(version))
+    return previous
+
+
+def rollback(name: str = POLICY_NAME) -> dict:
+    """Point ``champion`` back at the previous champion; the rolled-back version is tagged. Returns what moved."""
+    client = MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except Exception:
+        raise RegistryError(f"no registered model {name!r}") from None
+    stack = history(name)
+    current = version_by_alias(name, CHAMPION)
+    if not stack:
+        raise RegistryError(f"{name}: no previous champion to roll back to"
+                            + (f" (champion is v{current.version})" if current else " (no champion)"))
+    target = stack.pop()
+    client.set_registered_model_alias(name, CHAMPION, target)
+    _set_history(name, stack)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if current:
+        client.set_model_version_tag(name, str(current.version), "promotion.rolled_back", now)
+    client.set_model_version_tag(name, target, "promotion.restored", now)
+    return {"model": name, "champion": target, "rolled_back": str(current.version) if current else None,
+            "previous_champion": stack[-1] if stack else None}
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """models:/NAME@ALIAS or models:/NAME/VERSION -> (name, alias, version)."""
+    rest = uri[len("models:/"):]
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, alias, None
+    name, _, version = rest.partition("/")
+    return name, None, version or None
+
+
+def resolve(uri: str):
+    """The model version behind a ``models:/`` URI; one-line RegistryError when the model, alias or version is
+    unknown."""
+    from mlflow.exceptions import MlflowException
+    name, alias, version = parse_model_uri(uri)
+    client = MlflowClient()
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        raise RegistryError(f"{uri}: no registered model {name!r}") from None
+    if alias:
+        mv = version_by_alias(name, alias)
+        if mv is None:
+            known = ", ".join(sorted(model.aliases or {})) or "none"
+            raise RegistryError(f"{uri}: {name} has no alias {alias!r} (aliases: {known})")
+        return mv
+    try:
+        return client.get_model_version(name, version or "")
+    except MlflowException:
+        raise RegistryError(f"{uri}: {name} has no version {version!r}") from None
+
+
+def load_model(uri: str, kind: str | None = None, trust_remote_code: bool = False):
+    """A pyfunc model from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...``, a local MLflow model
+    folder, or a local Hugging Face folder (``save_pretrained``; give ``kind``: policy | reward). Weights are read
+    into memory, so the download folder is removed before returning."""
+    import tempfile
+
+    import rlhf.generation  # noqa: F401  (import the core from this install before the model adds its code path)
+    import rlhf.reward  # noqa: F401
+    config = {"trust_remote_code": trust_remote_code}
+    local = Path(uri)
+    if local.is_dir() and not (local / "MLmodel").exists():
+        return LocalModel(local, kind, config)
+    if uri.startswith("models:/"):
+        mv = resolve(uri)
+        uri = f"models:/{mv.name}/{mv.version}"
+    elif not local.exists() and "://" not in uri and not uri.startswith("runs:/"):
+        raise RegistryError(f"{uri}: not a local folder nor a models:/ or runs:/ URI")
+    quiet = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"       # no download bars on the CLI's stderr
+    try:
+        with tempfile.TemporaryDirectory(prefix="rlhf-model-") as dst:
+            model = mlflow.pyfunc.load_model(uri, dst_path=None if local.exists() else dst, model_config=config)
+    except Exception as e:
+        raise RegistryError(f"{uri}: cannot load: {one_line(e)}") from None
+    finally:
+        if quiet is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = quiet
+    actual = {"PolicyModel": "policy", "RewardScorer": "reward"}.get(type(model.unwrap_python_model()).__name__)
+    if kind and actual != kind:
+        raise RegistryError(f"{uri}: is {'a ' + actual if actual else 'not an rlhf'} model, not a {kind} model")
+    return model
+
+
+class LocalModel:
+    """A plain save_pretrained folder behind the same interface as a loaded pyfunc (predict, unwrap_python_model),
+    using the very classes the registry logs."""
+
+    def __init__(self, path: Path, kind: str | None, config: dict):
+        from types import SimpleNamespace
+
+        from rlhf.modeling import REWARD_HEAD_FILE
+        actual = "reward" if (path / REWARD_HEAD_FILE).exists() else "policy"
+        if kind and kind != actual:
+            raise RegistryError(f"{path}: is a {actual} model folder, not a {kind} model")
+        kind = actual
+        if kind == "policy":
+            from tasks.mlflow_models.policy_model import PolicyModel as cls
+        else:
+            from tasks.mlflow_models.reward_model import RewardScorer as cls
+        self.kind, self.python_model = kind, cls()
+        try:
+            self.python_model.load_context(SimpleNamespace(artifacts={"model": str(path)}, model_config=config))
+        except Exception as e:
+            raise RegistryError(f"{path}: cannot load as a {kind} model: {one_line(e)}") from None
+
+    def predict(self, data, params=None):
+        return self.python_model.predict(None, data, params)
+
+    def unwrap_python_model(self):
+        return self.python_model

@@ -1,22 +1,33 @@
-"""The policy as an MLflow pyfunc: predict({"prompt": [...]}) -> generated responses."""
+"""The policy as an MLflow pyfunc: predict(DataFrame{"prompt"}) -> one sampled response per row.
+
+Params (part of the signature, so MLflow passes them through): max_new_tokens, temperature, seed,
+max_prompt_tokens. Repeat a prompt to get several responses; rows are sampled with one seeded generator, so the
+same input and seed give the same texts.
+"""
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
+
+DEFAULT_PARAMS = {"max_new_tokens": 24, "temperature": 1.0, "seed": 0, "max_prompt_tokens": 32}
 
 
 class PolicyModel(PythonModel):
     def load_context(self, context):
         from rlhf.modeling import load_causal_lm, load_tokenizer
         path = context.artifacts["model"]
-        self.tok = load_tokenizer(path)
-        self.model = load_causal_lm(path, self.tok).eval()
+        trust = bool((context.model_config or {}).get("trust_remote_code", False))
+        self.tok = load_tokenizer(path, trust_remote_code=trust)
+        self.model = load_causal_lm(path, self.tok, trust_remote_code=trust).eval()
 
-    def predict(self, context, model_input, params=None):
+    # The DataFrame hint tells MLflow to validate against the logged signature, not infer one from hints.
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         from rlhf.generation import sample_responses
-        params = params or {}
-        prompts = list(model_input["prompt"]) if hasattr(model_input, "__getitem__") else list(model_input)
-        texts, _ = sample_responses(self.model, self.tok, [str(p) for p in prompts],
-                                    int(params.get("max_new_tokens", 24)), float(params.get("temperature", 1.0)),
-                                    64, int(params.get("seed", 0)))
+        p = {**DEFAULT_PARAMS, **{k: v for k, v in (params or {}).items() if v is not None}}
+        prompts = list(model_input["prompt"]) if hasattr(model_input, "columns") or isinstance(model_input, dict) \
+            else list(model_input)
+        texts, _ = sample_responses(self.model, self.tok, [str(x) for x in prompts], int(p["max_new_tokens"]),
+                                    float(p["temperature"]), 64, int(p["seed"]),
+                                    max_prompt_tokens=int(p["max_prompt_tokens"]))
         return texts
 
 

@@ -1,0 +1,163 @@
+"""docs/configuration.md documents every params.yaml key: each field of the config dataclasses (nested ones as
+``section.sub.key``), with its type and default; no key that no longer exists; and every key that the repo's
+params files set exists in the dataclasses.
+
+Sections: the fields of ``rlhf.config.PipelineConfig``, plus ``promote`` (``flows.promote.Gates``, read from the
+source so this test does not import Prefect) while it lives outside rlhf/config.py.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlhf.config import PipelineConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "configuration.md"
+PARAMS_FILES = [ROOT / "params.yaml", ROOT / "tests" / "fixtures" / "params_tiny.yaml"]
+# Sections of params.yaml loaded by a dataclass outside rlhf/config.py: section -> (source file, class name).
+EXTRA_SECTIONS = {"promote": (ROOT / "flows" / "promote.py", "Gates")}
+ROW = re.compile(r"^\|\s*`(?P<key>[A-Za-z0-9_.]+)`\s*\|\s*(?P<type>[^|]*?)\s*\|\s*`(?P<default>[^`]*)`\s*\|")
+
+
+def type_text(annotation: str) -> str:
+    """A field's annotation as the doc writes it: ``float | None`` -> ``float or null``, tuples -> list[...]."""
+    text = annotation.replace("typing.", "").replace("Optional[float]", "float | None")
+    text = re.sub(r"tuple\[(\w+), \.\.\.\]", r"list[\1]", text)
+    return " or ".join("null" if part.strip() == "None" else part.strip() for part in text.split("|"))
+
+
+def default_text(value) -> str:
+    """A default as YAML writes it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(default_text(v) for v in value) + "]"
+    if isinstance(value, str):
+        return value if value else '""'
+    return repr(value)
+
+
+def dataclass_keys(cls: type, prefix: str) -> dict[str, tuple[str, str]]:
+    """{"section.sub.key": (type, default)} for every leaf field of ``cls``."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, tuple[str, str]] = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(dataclass_keys(hints[f.name], key))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        out[key] = (type_text(annotation), default_text(default))
+    return out
+
+
+def source_dataclass_keys(path: Path, name: str, prefix: str) -> dict[str, tuple[str, str]]:
+    """The same for a flat dataclass read from source (annotated assignments with literal defaults)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == name)
+    out = {}
+    for node in cls.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            default = ast.literal_eval(node.value) if node.value is not None else None
+            out[f"{prefix}.{node.target.id}"] = (type_text(ast.unparse(node.annotation)), default_text(default))
+    return out
+
+
+def config_keys() -> dict[str, tuple[str, str]]:
+    keys = dataclass_keys(PipelineConfig, "")
+    sections = {f.name for f in dataclasses.fields(PipelineConfig)}
+    for section, (path, name) in EXTRA_SECTIONS.items():
+        if section not in sections and path.exists():
+            keys.update(source_dataclass_keys(path, name, section))
+    return keys
+
+
+def documented(text: str) -> dict[str, tuple[str, str]]:
+    """{"key": (type, default)} from the doc's table rows: | `key` | type | `default` | meaning |."""
+    out = {}
+    for line in text.splitlines():
+        m = ROW.match(line)
+        if m:
+            out[m["key"]] = (m["type"].strip(), m["default"])
+    return out
+
+
+def problems(doc_text: str, keys: dict[str, tuple[str, str]]) -> list[str]:
+    doc = documented(doc_text)
+    out = [f"{k}: not documented; add the row | `{k}` | {t} | `{d}` | <meaning> |"
+           for k, (t, d) in keys.items() if k not in doc]
+    out += [f"{k}: documented but not a config key (removed or renamed?)" for k in doc if k not in keys]
+    for k, (t, d) in keys.items():
+        if k in doc and doc[k] != (t, d):
+            out.append(f"{k}: documented as type {doc[k][0]!r}, default `{doc[k][1]}`; the code says {t!r}, `{d}`")
+    return out
+
+
+def test_every_config_key_is_documented_with_its_type_and_default():
+    found = problems(DOC.read_text(encoding="utf-8"), config_keys())
+    assert not found, "docs/configuration.md is out of date:\n" + "\n".join(found)
+
+
+def test_the_check_names_missing_stale_and_wrong_rows():
+    keys = {"ppo.lr": ("float", "3e-05"), "ppo.sampling.temperature": ("float", "1.0"),
+            "sft.packing": ("bool", "false")}
+    doc = ("| key | type | default | meaning |\n|---|---|---|---|\n"
+           "| `ppo.lr` | float | `3e-05` | learning rate |\n"
+           "| `sft.packing` | bool | `true` | packing |\n"
+           "| `ppo.cliprang` | float | `0.2` | typo |\n")
+    found = problems(doc, keys)
+    assert any(p.startswith("ppo.sampling.temperature: not documented") for p in found)
+    assert any(p.startswith("ppo.cliprang: documented but not a config key") for p in found)
+    assert any(p.startswith("sft.packing: documented as type 'bool', default `true`") for p in found)
+    assert len(found) == 3
+
+
+def test_nested_and_typed_keys_are_walked():
+    keys = config_keys()
+    assert keys["pretrain.train.lr"] == ("float", "0.0003")
+    assert keys["preferences.inputs"] == ("list[str]", "[artifacts/annotations/export.json]")
+    assert keys["pretrain.model_path"] == ("str", '""')
+    assert "ppo.sampling.max_new_tokens" in keys and "ppo.sampling" not in keys
+
+
+def unknown_keys(data, cls, prefix: str = "") -> list[str]:
+    """Keys of a params mapping that no dataclass field accepts (every one, not just the first)."""
+    if not isinstance(data, dict):
+        return []
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    out = []
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            out.append(path)
+        elif dataclasses.is_dataclass(hints[key]):
+            out += unknown_keys(value, hints[key], path)
+    return out
+
+
+@pytest.mark.parametrize("path", PARAMS_FILES, ids=lambda p: p.name)
+def test_every_params_key_exists_in_the_dataclasses(path):
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    keys = config_keys()
+    core = {f.name for f in dataclasses.fields(PipelineConfig)}
+    extra = {s: raw.pop(s) for s in list(raw) if s in EXTRA_SECTIONS and s not in core}
+    bad = unknown_keys(raw, PipelineConfig)
+    for section, values in extra.items():
+        bad += [f"{section}.{k}" for k in (values or {}) if f"{section}.{k}" not in keys]
+    assert not bad, f"{path.name}: keys no dataclass defines: {', '.join(bad)}"
+
+
+def test_unknown_params_keys_are_all_named():
+    assert unknown_keys({"ppo": {"lr": 1, "cliprang": 2, "sampling": {"temp": 1}}, "sfft": {}}, PipelineConfig) == [
+        "ppo.cliprang", "ppo.sampling.temp", "sfft"]
