@@ -3,6 +3,7 @@ rejects and an accounting summary; then split the ranked items into train and he
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 from rlhf.config import PreferencesConfig
@@ -33,6 +34,7 @@ def run(cfg: PreferencesConfig, on_log=None) -> StageResult:
         if isinstance(v, (int, float)):
             metrics[f"agreement_{k}"] = float(v)
     for reason, n in (s.get("rejected_by_reason") or {}).items():
-        metrics[f"rejected/{reason[:60]}"] = float(n)
+        # MLflow metric names allow only letters, digits, _ - . / space and :
+        metrics[f"rejected/{re.sub(r'[^\w./\- :]', '', reason)[:60]}"] = float(n)
     metrics.update({"items_train": len(train), "items_val": len(val)})
     return StageResult(metrics, outputs={"dir": str(out), "rejects": str(out / "rejects.jsonl")})
