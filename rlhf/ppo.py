@@ -5,6 +5,11 @@ One iteration reads like the algorithm:
     -> ppo_epochs of shuffled mini-batch updates -> KL-controller update.
 Every random draw of iteration i comes from generators seeded with (seed, i), so a run resumed from a checkpoint
 at iteration i repeats exactly what an uninterrupted run does.
+
+Data-parallel (rlhf/distributed.py): rank r rolls out prompts r, r + world, ... of the iteration's batch with its own
+seed (seed + r), scores and whitens its rows, and shuffles its own mini-batches; gradients are averaged across ranks
+after each mini-batch (as DDP) and the logged statistics averaged, so the KL controller sees the global batch and
+every rank applies the same update. Rank 0 with one process is the single-process run, unchanged.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from typing import Callable, Optional
 import torch
 
 from rlhf.config import PPOConfig
+from rlhf.distributed import SINGLE, DistContext, all_reduce_mean, shard, sync_gradients
 from rlhf.generation import encode_prompts, gather_logprobs, sample
 from rlhf.kl import AdaptiveKLController, FixedKLController
 from rlhf.logprobs import entropy_from_logits
@@ -50,10 +56,15 @@ class PPOModels:
 
 class PPOTrainer:
     def __init__(self, cfg: PPOConfig, models: PPOModels, tokenizer, prompts: list[str],
-                 on_log: Optional[Callable[[int, dict], None]] = None):
+                 on_log: Optional[Callable[[int, dict], None]] = None, dist: DistContext = SINGLE):
         if not prompts:
             raise ValueError("PPO needs at least one prompt")
+        per_rank = cfg.num_mini_batches * cfg.grad_accum * dist.world_size
+        if cfg.rollout_batch_size % per_rank:
+            raise ValueError(f"ppo.rollout_batch_size ({cfg.rollout_batch_size}) must be divisible by num_mini_batches "
+                             f"x grad_accum x world size ({per_rank}) to split evenly over {dist.world_size} processes")
         self.cfg, self.m, self.tok, self.prompts, self.on_log = cfg, models, tokenizer, prompts, on_log
+        self.dist = dist
         self.n_iterations = cfg.total_episodes // cfg.rollout_batch_size
         self.schedule = prompt_schedule(len(prompts), cfg.rollout_batch_size, self.n_iterations, cfg.seed)
         params = list(models.policy.parameters()) + (list(models.value_model.parameters()) if models.value_model else [])
@@ -79,10 +90,11 @@ class PPOTrainer:
 
     # -- phases -----------------------------------------------------------------------------------------------------
     def rollout(self, iteration: int):
-        prompts = [self.prompts[i] for i in self.schedule[iteration]]
+        prompts = [self.prompts[i] for i in shard(self.schedule[iteration], self.dist)]
         q_ids, q_mask = encode_prompts(self.tok, prompts, MAX_PROMPT_TOKENS)
         return sample(self.m.policy.lm, q_ids, q_mask, self.cfg.sampling.max_new_tokens, self.cfg.sampling.temperature,
-                      self.tok.eos_token_id, self.tok.pad_token_id, iteration_generator(self.cfg.seed, iteration, 1))
+                      self.tok.eos_token_id, self.tok.pad_token_id,
+                      iteration_generator(self.dist.seed(self.cfg.seed), iteration, 1))
 
     def experience(self, rollout) -> Experience:
         c = self.cfg
@@ -117,7 +129,7 @@ class PPOTrainer:
         B = exp.mask.size(0)
         mb = B // c.num_mini_batches
         micro = mb // c.grad_accum
-        gen = iteration_generator(c.seed, iteration, 2)
+        gen = iteration_generator(self.dist.seed(c.seed), iteration, 2)
         sums: dict[str, float] = {}
         n, grad_norms = 0, []
         self.m.policy.train()
@@ -131,6 +143,7 @@ class PPOTrainer:
                         sums[k] = sums.get(k, 0.0) + v
                     n += 1
                 params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                sync_gradients(params, self.dist, average=True)       # no-op on one process
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)))
                 self.optimizer.step()
                 self.scheduler.step()
@@ -152,6 +165,7 @@ class PPOTrainer:
         kl_coef = self.kl_ctl.value
         stats = experience_stats(exp, kl_coef)
         stats.update(self.optimize(exp, it))
+        stats = all_reduce_mean(stats, self.dist)                    # global-batch statistics on every rank
         t3 = time.perf_counter()
         self.kl_ctl.update(stats["objective/kl"], self.cfg.rollout_batch_size)
         self.iteration = it + 1

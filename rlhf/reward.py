@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from rlhf.config import TrainConfig
 from rlhf.data import encode_prompt, encode_response, pad_left
+from rlhf.distributed import SINGLE, DistContext, all_reduce_sum, shard, sync_gradients
 from rlhf.optim import clip_grad_norm, make_optimizer, make_scheduler
 from rlhf.train_lm import plan_batches
 
@@ -88,8 +89,11 @@ def pairwise_accuracy(model, groups: list[Group], pad_id: int, batch_groups: int
 
 def train_reward_model(model, groups: list[Group], cfg: TrainConfig, pad_id: int, loss_type: str = "pairwise",
                        use_margin: bool = False, seed: int = 0, on_log: Optional[Callable[[int, dict], None]] = None,
-                       state: Optional[dict] = None, on_step_end=None) -> dict:
-    """Train the reward model in place; ``cfg.batch_size`` counts rankings (groups) per optimiser step."""
+                       state: Optional[dict] = None, on_step_end=None, dist: DistContext = SINGLE) -> dict:
+    """Train the reward model in place; ``cfg.batch_size`` counts rankings (groups) per optimiser step.
+    ``state``/``on_step_end`` as in train_causal_lm (checkpoint resume); under torch.distributed each rank encodes its
+    share of the batch's rankings, the loss is divided by the batch's global pair (or sequence) count and the
+    gradients are summed across ranks, so a step is the single-process one up to float summation order."""
     plan = plan_batches(len(groups), cfg, seed)
     opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
     sched = make_scheduler(opt, cfg.lr_schedule, len(plan), cfg.warmup_ratio)
@@ -98,21 +102,25 @@ def train_reward_model(model, groups: list[Group], cfg: TrainConfig, pad_id: int
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start = int(state["step"])
-    micro = cfg.batch_size // cfg.grad_accum
+    micro = max(1, cfg.batch_size // (cfg.grad_accum * dist.world_size))
     t0, n_pairs = time.perf_counter(), 0
     model.train()
     for step in range(start, len(plan)):
         idx = plan[step]
-        total_pairs = sum(len(pair_index(groups[i].ranks, 0)) for i in idx)
+        total_pairs = sum(len(pair_index(groups[i].ranks, 0)) for i in idx)          # global counts, every rank
         denom = total_pairs if loss_type == "pairwise" else sum(len(groups[i].seqs) for i in idx)
+        local = shard(idx, dist)
         loss_sum, correct = 0.0, 0.0
-        for j in range(0, len(idx), micro):
-            ids, attn, pairs, targets = group_batch([groups[i] for i in idx[j:j + micro]], pad_id)
+        for j in range(0, len(local), micro):
+            ids, attn, pairs, targets = group_batch([groups[i] for i in local[j:j + micro]], pad_id)
             scores = model.raw_scores(ids, attn)                                   # (N,)
             pl, ok = pairwise_terms(scores, pairs, use_margin) if len(pairs) else (scores[:0], scores[:0])
             loss = pl.sum() if loss_type == "pairwise" else ((scores - targets) ** 2).sum()
             (loss / max(denom, 1)).backward()
             loss_sum, correct = loss_sum + loss.item(), correct + float(ok.sum())
+        if dist.enabled:
+            sync_gradients(model.parameters(), dist, average=False)
+            loss_sum, correct = all_reduce_sum([loss_sum, correct], dist)
         grad_norm = clip_grad_norm(model, cfg.max_grad_norm)
         opt.step()
         sched.step()
@@ -123,7 +131,7 @@ def train_reward_model(model, groups: list[Group], cfg: TrainConfig, pad_id: int
                               "train/grad_norm": grad_norm, "train/lr": sched.get_last_lr()[0],
                               "perf/pairs_per_s": n_pairs / max(time.perf_counter() - t0, 1e-9)})
         if on_step_end:
-            on_step_end(step + 1, {"optimizer": opt, "scheduler": sched})
+            on_step_end(step + 1, {"optimizer": opt, "scheduler": sched, "total": len(plan)})
     model.eval()
     elapsed = time.perf_counter() - t0
     return {"steps": len(plan), "train_seconds": elapsed, "pairs_per_s": n_pairs / max(elapsed, 1e-9)}

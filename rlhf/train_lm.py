@@ -3,7 +3,9 @@
 Examples are (token ids, loss mask) pairs: pretraining packs corpus texts (EOS between them) into fixed blocks and
 learns every token; SFT learns only the response tokens and the EOS appended to them (the prompt is masked).
 The batch order for the whole run is drawn up front from the seed, so a run resumed at step s sees exactly the
-batches an uninterrupted run would.
+batches an uninterrupted run would. Under torch.distributed (rlhf/distributed.py) every rank draws the same plan and
+takes its share of each batch; the loss is normalised by the batch's GLOBAL target count and the gradients summed
+across ranks, so an optimiser step is the single-process one up to float summation order.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 
 from rlhf.config import TrainConfig
 from rlhf.data import batches, encode_prompt, encode_response, pad_left
+from rlhf.distributed import SINGLE, DistContext, all_reduce_sum, shard, sync_gradients
 from rlhf.modeling import position_ids_from_mask
 from rlhf.optim import clip_grad_norm, make_optimizer, make_scheduler
 
@@ -71,14 +74,16 @@ def nll_sum(model, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tenso
 
 
 @torch.no_grad()
-def evaluate_nll(model, examples: list[Example], pad_id: int, batch_size: int = 64) -> float:
-    """Mean per-token NLL on ``examples``."""
+def evaluate_nll(model, examples: list[Example], pad_id: int, batch_size: int = 64,
+                 dist: DistContext = SINGLE) -> float:
+    """Mean per-token NLL on ``examples`` (each rank scores its share of the batches; the sums are all-reduced)."""
     model.eval()
     total, count = 0.0, 0.0
-    for idx in batches(len(examples), batch_size, shuffle=False):
+    for idx in shard(batches(len(examples), batch_size, shuffle=False), dist):
         ids, attn, lm = pad_left([examples[i].ids for i in idx], pad_id, [examples[i].mask for i in idx])
         s, n = nll_sum(model, ids, attn, lm)
         total, count = total + float(s), count + n
+    total, count = all_reduce_sum([total, count], dist)
     return total / max(count, 1.0)
 
 
@@ -95,9 +100,11 @@ def plan_batches(n: int, cfg: TrainConfig, seed: int) -> list[list[int]]:
 
 def train_causal_lm(model, examples: list[Example], cfg: TrainConfig, pad_id: int, seed: int = 0,
                     val_examples: Optional[list[Example]] = None, on_log: Optional[LogFn] = None,
-                    state: Optional[dict] = None, on_step_end: Optional[Callable[[int, dict], None]] = None) -> dict:
+                    state: Optional[dict] = None, on_step_end: Optional[Callable[[int, dict], None]] = None,
+                    dist: DistContext = SINGLE) -> dict:
     """Train ``model`` in place. ``state`` (from a checkpoint) holds optimizer/scheduler state and the step to
-    resume from; ``on_step_end(step, live)`` lets the caller checkpoint. Returns final metrics."""
+    resume from; ``on_step_end(step, live)`` lets the caller checkpoint (``live``: optimizer, scheduler and the
+    total number of steps). ``dist``: this process's rank in a data-parallel group. Returns final metrics."""
     if not examples:
         raise ValueError("no training examples")
     plan = plan_batches(len(examples), cfg, seed)
@@ -108,20 +115,24 @@ def train_causal_lm(model, examples: list[Example], cfg: TrainConfig, pad_id: in
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start = int(state["step"])
-    micro = cfg.batch_size // cfg.grad_accum
+    micro = max(1, cfg.batch_size // (cfg.grad_accum * dist.world_size))
     t0, tokens, last_loss = time.perf_counter(), 0, float("nan")
     model.train()
     for step in range(start, len(plan)):
         idx = plan[step]
-        n_targets = sum(sum(examples[i].mask[1:]) for i in idx)
+        n_targets = sum(sum(examples[i].mask[1:]) for i in idx)   # the whole batch's count, on every rank
+        local = shard(idx, dist)
         loss_total = 0.0
-        for j in range(0, len(idx), micro):
-            part = idx[j:j + micro]
+        for j in range(0, len(local), micro):
+            part = local[j:j + micro]
             ids, attn, lm = pad_left([examples[i].ids for i in part], pad_id, [examples[i].mask for i in part])
             s, _ = nll_sum(model, ids, attn, lm)
             (s / max(n_targets, 1)).backward()          # token mean over the whole batch, not per micro-batch
             loss_total += s.item()
             tokens += int(attn.sum())
+        if dist.enabled:
+            sync_gradients(model.parameters(), dist, average=False)   # sum: each loss is already / global count
+            loss_total, tokens = all_reduce_sum([loss_total, tokens], dist)
         grad_norm = clip_grad_norm(model, cfg.max_grad_norm)
         opt.step()
         sched.step()
@@ -132,12 +143,12 @@ def train_causal_lm(model, examples: list[Example], cfg: TrainConfig, pad_id: in
             on_log(step + 1, {"loss/train": last_loss, "train/grad_norm": grad_norm,
                               "train/lr": sched.get_last_lr()[0], "perf/tokens_per_s": tokens / max(dt, 1e-9)})
         if on_step_end:
-            on_step_end(step + 1, {"optimizer": opt, "scheduler": sched})
+            on_step_end(step + 1, {"optimizer": opt, "scheduler": sched, "total": len(plan)})
     model.eval()
     elapsed = time.perf_counter() - t0
     metrics = {"train_loss": last_loss, "steps": len(plan), "tokens_per_s": tokens / max(elapsed, 1e-9),
                "train_seconds": elapsed}
     if val_examples:
-        val = evaluate_nll(model, val_examples, pad_id)
+        val = evaluate_nll(model, val_examples, pad_id, dist=dist)
         metrics.update({"val_loss": val, "val_perplexity": math.exp(min(val, 50.0))})
     return metrics

@@ -1,6 +1,12 @@
-"""ppo: fine-tune the SFT policy against the reward model with a KL penalty to the frozen SFT reference."""
+"""ppo: fine-tune the SFT policy against the reward model with a KL penalty to the frozen SFT reference.
+
+Checkpoints every ``ppo.checkpoint_every`` iterations into ``<out_dir>.ckpt/`` (policy and value weights, optimizer,
+scheduler, KL controller, iteration, RNG states, logged rows) and resumes from the newest one, with the same result
+as an uninterrupted run; runs data-parallel under torchrun / accelerate launch (rank 0 writes the model)."""
 from __future__ import annotations
 
+from rlhf import distributed
+from rlhf.checkpoint import CheckpointManager, atomic_output_dir, fingerprint, inputs_signature, resume
 from rlhf.config import PPOConfig
 from rlhf.data import load_jsonl
 from rlhf.modeling import PolicyWithValueHead, RewardModel, load_causal_lm, load_tokenizer
@@ -20,14 +26,41 @@ def build_models(cfg: PPOConfig, tok) -> PPOModels:
     return PPOModels(policy, ref, reward, value_model)
 
 
+def trainable(models: PPOModels) -> dict:
+    """The modules a checkpoint holds (the reference and the reward model are frozen inputs)."""
+    out = {"policy": models.policy}
+    if models.value_model is not None:
+        out["value_model"] = models.value_model
+    return out
+
+
 def run(cfg: PPOConfig, on_log=None) -> StageResult:
     seed_everything(cfg.seed)
+    dist = distributed.init()
     tok = load_tokenizer(cfg.policy_path)
     prompts = [r["prompt"] for r in load_jsonl(cfg.prompts)]
-    rec = Recorder(on_log)
-    trainer = PPOTrainer(cfg, build_models(cfg, tok), tok, prompts, on_log=rec)
-    last = trainer.train()
-    save_tokenizer_and_model(trainer.m.policy, tok, cfg.out_dir)
+    rec = Recorder(on_log if dist.is_main else None)
+    models = build_models(cfg, tok)
+    for module in trainable(models).values():
+        distributed.broadcast_parameters(module, dist)
+    trainer = PPOTrainer(cfg, models, tok, prompts, on_log=rec, dist=dist)
+    ckpt = CheckpointManager(cfg.out_dir, cfg.checkpoint_every, is_main=dist.is_main, fingerprint=fingerprint(
+        cfg, dist.world_size, inputs_signature(cfg.policy_path, cfg.reward_path, cfg.prompts)))
+    state = resume(ckpt, trainable(models), rec)
+    if state is not None:
+        trainer.load_state_dict(state)
+
+    def on_iteration_end(iteration: int) -> None:
+        if ckpt.due(iteration, trainer.n_iterations):
+            ckpt.save(iteration, trainable(models), trainer.state_dict(), rec.rows)
+
+    last = trainer.train(on_iteration_end=on_iteration_end)
+    distributed.assert_in_sync(trainer.m.policy, dist)
+    if dist.is_main:
+        with atomic_output_dir(cfg.out_dir) as tmp:
+            save_tokenizer_and_model(trainer.m.policy, tok, tmp)
+    ckpt.clear()
+    distributed.barrier(dist)
     keep = ("objective/kl", "objective/scores", "objective/rlhf_reward", "objective/entropy", "val/eos_rate",
             "objective/kl_coef", "policy/approxkl_avg", "policy/clipfrac_avg")
     metrics = {k.replace("/", "_"): last[k] for k in keep if k in last}

@@ -1,9 +1,14 @@
 """reward: train the reward model on the ranked items, report train and held-out pairwise accuracy, then normalise
-its output on reference-policy samples (seed, step 2)."""
+its output on reference-policy samples (seed, step 2).
+
+Checkpoints every ``reward.train.checkpoint_every`` steps into ``<out_dir>.ckpt/`` and resumes from the newest one;
+trains data-parallel under torchrun / accelerate launch (rank 0 evaluates, normalises and writes the model)."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from rlhf import distributed
+from rlhf.checkpoint import CheckpointManager, atomic_output_dir, fingerprint, inputs_signature, resume, step_saver
 from rlhf.config import RewardConfig
 from rlhf.data import load_jsonl
 from rlhf.generation import sample_responses
@@ -29,19 +34,31 @@ def normalize(model, tok, cfg: RewardConfig) -> dict:
 
 def run(cfg: RewardConfig, on_log=None) -> StageResult:
     seed_everything(cfg.seed)
+    dist = distributed.init()
     data = Path(cfg.data_dir)
     tok = load_tokenizer(cfg.model_path)
     model = RewardModel.from_causal_lm_path(cfg.model_path, tok)
+    distributed.broadcast_parameters(model, dist)
     elo = load_elo(data / "elo.jsonl") if cfg.loss == "elo" else None
     train = encode_groups(tok, load_jsonl(data / "rankings_train.jsonl"), cfg.train.max_length, elo)
     val = encode_groups(tok, load_jsonl(data / "rankings_val.jsonl"), cfg.train.max_length, elo)
     if not train:
         raise ValueError(f"{data / 'rankings_train.jsonl'}: no ranked items to train on")
-    rec = Recorder(on_log)
-    metrics = train_reward_model(model, train, cfg.train, tok.pad_token_id, cfg.loss, cfg.margin, cfg.seed, on_log=rec)
-    metrics["train_accuracy"] = pairwise_accuracy(model, train, tok.pad_token_id)
-    metrics["val_accuracy"] = pairwise_accuracy(model, val, tok.pad_token_id) if val else float("nan")
-    if cfg.normalize:
-        metrics.update(normalize(model, tok, cfg))
-    save_tokenizer_and_model(model, tok, cfg.out_dir)
+    rec = Recorder(on_log if dist.is_main else None)
+    ckpt = CheckpointManager(cfg.out_dir, cfg.train.checkpoint_every, is_main=dist.is_main, fingerprint=fingerprint(
+        cfg, dist.world_size, inputs_signature(cfg.model_path, data, cfg.prompts)))
+    models = {"reward": model}
+    state = resume(ckpt, models, rec)
+    metrics = train_reward_model(model, train, cfg.train, tok.pad_token_id, cfg.loss, cfg.margin, cfg.seed, on_log=rec,
+                                 state=state, on_step_end=step_saver(ckpt, models, rec), dist=dist)
+    distributed.assert_in_sync(model, dist)
+    if dist.is_main:   # evaluation and normalisation are cheap next to training: rank 0 alone, as one process does
+        metrics["train_accuracy"] = pairwise_accuracy(model, train, tok.pad_token_id)
+        metrics["val_accuracy"] = pairwise_accuracy(model, val, tok.pad_token_id) if val else float("nan")
+        if cfg.normalize:
+            metrics.update(normalize(model, tok, cfg))
+        with atomic_output_dir(cfg.out_dir) as tmp:
+            save_tokenizer_and_model(model, tok, tmp)
+    ckpt.clear()
+    distributed.barrier(dist)
     return StageResult(metrics, plots={"loss": rec.rows}, outputs={"model": cfg.out_dir})

@@ -1,8 +1,13 @@
-"""sft: supervised fine-tuning on demonstrations, loss on the response tokens and EOS only (seed, step 1)."""
+"""sft: supervised fine-tuning on demonstrations, loss on the response tokens and EOS only (seed, step 1).
+
+Checkpoints every ``sft.train.checkpoint_every`` steps into ``<out_dir>.ckpt/`` and resumes from the newest one;
+runs data-parallel under torchrun / accelerate launch (rank 0 writes the model)."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from rlhf import distributed
+from rlhf.checkpoint import CheckpointManager, atomic_output_dir, fingerprint, inputs_signature, resume, step_saver
 from rlhf.config import SFTConfig
 from rlhf.data import load_jsonl
 from rlhf.modeling import load_causal_lm, load_tokenizer
@@ -12,13 +17,26 @@ from rlhf.train_lm import pack_sft, sft_examples, train_causal_lm
 
 def run(cfg: SFTConfig, on_log=None) -> StageResult:
     seed_everything(cfg.seed)
+    dist = distributed.init()
     tok = load_tokenizer(cfg.model_path)
     model = load_causal_lm(cfg.model_path, tok)
-    train = sft_examples(tok, load_jsonl(Path(cfg.data_dir) / "sft_train.jsonl"), cfg.train.max_length)
-    val = sft_examples(tok, load_jsonl(Path(cfg.data_dir) / "sft_val.jsonl"), cfg.train.max_length)
+    distributed.broadcast_parameters(model, dist)
+    data = Path(cfg.data_dir)
+    train = sft_examples(tok, load_jsonl(data / "sft_train.jsonl"), cfg.train.max_length)
+    val = sft_examples(tok, load_jsonl(data / "sft_val.jsonl"), cfg.train.max_length)
     if cfg.packing:
         train = pack_sft(train, cfg.train.max_length)
-    rec = Recorder(on_log)
-    metrics = train_causal_lm(model, train, cfg.train, tok.pad_token_id, cfg.seed, val_examples=val, on_log=rec)
-    save_tokenizer_and_model(model, tok, cfg.out_dir)
+    rec = Recorder(on_log if dist.is_main else None)
+    ckpt = CheckpointManager(cfg.out_dir, cfg.train.checkpoint_every, is_main=dist.is_main, fingerprint=fingerprint(
+        cfg, dist.world_size, inputs_signature(cfg.model_path, data / "sft_train.jsonl", data / "sft_val.jsonl")))
+    models = {"model": model}
+    state = resume(ckpt, models, rec)
+    metrics = train_causal_lm(model, train, cfg.train, tok.pad_token_id, cfg.seed, val_examples=val, on_log=rec,
+                              state=state, on_step_end=step_saver(ckpt, models, rec), dist=dist)
+    distributed.assert_in_sync(model, dist)
+    if dist.is_main:
+        with atomic_output_dir(cfg.out_dir) as tmp:
+            save_tokenizer_and_model(model, tok, tmp)
+    ckpt.clear()
+    distributed.barrier(dist)
     return StageResult(metrics, plots={"loss": rec.rows}, outputs={"model": cfg.out_dir})
