@@ -10,11 +10,16 @@ from prefect import flow, get_run_logger
 
 from flows.dag import commit, configure, stage_order, stale_reasons
 from tasks import annotate, collect, evaluate, ppo, preferences, prepare, pretrain, reward, sft
-from tasks.tracking import PARENT_ENV, setup_tracking
+from flows.promote import promote, summary
+from tasks.tracking import PARENT_ENV, pipeline_run
 
 TASKS = {"prepare": prepare.prepare, "pretrain": pretrain.pretrain, "sft": sft.sft, "collect": collect.collect,
          "annotate": annotate.annotate, "preferences": preferences.preferences, "reward": reward.reward,
          "ppo": ppo.ppo, "evaluate": evaluate.evaluate}
+
+
+class StageFailed(RuntimeError):
+    """A pipeline stage failed; the message (and so the flow run's Prefect state) names the stage and the error."""
 
 
 @flow(name="rlhf_pipeline")
@@ -26,9 +31,8 @@ def rlhf_pipeline(params_path: str = "params.yaml", force: bool = False) -> dict
     unknown = [s for s in order if s not in TASKS]
     if unknown:
         raise ValueError(f"dvc.yaml has stages without a task: {', '.join(unknown)}")
-    setup_tracking()
     results: dict = {}
-    with mlflow.start_run(run_name="rlhf_pipeline") as parent:
+    with pipeline_run(params_path) as parent:             # continues the parent run of a crashed flow run
         os.environ[PARENT_ENV] = parent.info.run_id
         try:
             for stage in order:
@@ -39,10 +43,16 @@ def rlhf_pipeline(params_path: str = "params.yaml", force: bool = False) -> dict
                     continue
                 log.info("%s: running (%s)", stage, "; ".join(reasons[:3]) or "forced")
                 t0 = time.perf_counter()
-                results[stage] = TASKS[stage].with_options(name=stage)(params_path)
+                try:
+                    results[stage] = TASKS[stage].with_options(name=stage)(params_path)
+                except Exception as e:
+                    log.error("%s: failed: %s: %s", stage, type(e).__name__, e)
+                    raise StageFailed(f"stage {stage!r} failed: {type(e).__name__}: {e}") from e
                 commit(stage)
                 mlflow.log_metric(f"seconds/{stage}", time.perf_counter() - t0)
         finally:
             os.environ.pop(PARENT_ENV, None)
         mlflow.set_tags({"rlhf.ran": ",".join(s for s, r in results.items() if r != "skipped") or "none"})
+        # Gate the new challengers (a no-op for versions already decided): champion moves only when gates pass.
+        log.info("promotion:\n%s", summary(promote(params_path)))
     return results

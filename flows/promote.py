@@ -18,29 +18,14 @@ from pathlib import Path
 
 from prefect import flow
 
+from rlhf.config import PromoteConfig
+
 from tasks.registry import (CHALLENGER, CHAMPION, POLICY_NAME, REWARD_NAME, RegistryError, connect, load_model,
                             rollback, set_champion, version_by_alias)
 
 
-@dataclass(frozen=True)
-class Gates:
-    """Promotion gates and how they are measured: params.yaml ``promote:`` (same keys). A threshold of ``null``
-    turns its gate off; a gate whose number cannot be measured (no gold judge, no reward model) is skipped and the
-    report says so. A promotion needs at least one gate measured and none failed."""
-    min_win_rate: float | None = 0.5            # policy: gold-judge win rate vs baseline, ties count 1/2
-    max_kl: float | None = 6.0                  # policy: KL(challenger || reference), nats per response
-    min_gold_gain: float | None = 0.0           # policy: mean gold score, challenger - baseline
-    min_reward_model_accuracy: float | None = 0.55  # policy: held-out accuracy of the reward model it was trained on
-    reward_min_accuracy: float | None = 0.6     # reward model: held-out pairwise accuracy vs the gold judge
-    reward_min_accuracy_gain: float | None = 0.0    # reward model: accuracy - champion's accuracy (same pairs)
-    max_prompts: int = 128                      # held-out prompts used (evaluate.prompts)
-    rm_pairs_k: int = 4                         # responses per prompt for the reward-model accuracy
-    seed: int = 4321
-
-    def __post_init__(self) -> None:
-        from rlhf.config import ConfigError
-        if self.max_prompts < 1 or self.rm_pairs_k < 2:
-            raise ConfigError("max_prompts must be >= 1 and rm_pairs_k >= 2")
+# The gates are the ``promote:`` section of params.yaml, typed in the core config like every other section.
+Gates = PromoteConfig
 
 
 @dataclass(frozen=True)
@@ -86,19 +71,10 @@ def decide(results: list[GateResult]) -> tuple[bool, str]:
 
 
 def load_settings(params_path: str | Path):
-    """(PipelineConfig, Gates) from params.yaml; the ``promote:`` section is optional and typed like the rest."""
-    import yaml
-
-    from rlhf.config import ConfigError, PipelineConfig, from_dict
-    path = Path(params_path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such file")
-    raw = yaml.safe_load(path.read_text()) or {}
-    section = raw.pop("promote", None) if isinstance(raw, dict) else None
-    try:
-        return from_dict(PipelineConfig, raw), from_dict(Gates, section, "promote")
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    """(PipelineConfig, Gates) from params.yaml (the ``promote:`` section is optional)."""
+    from rlhf.config import load_params
+    cfg = load_params(params_path)
+    return cfg, cfg.promote
 
 
 # ------------------------------------------------------------------------------------------------ measurements

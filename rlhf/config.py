@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -223,7 +223,6 @@ class EvaluateConfig:
     policy_path: str = "artifacts/models/policy"
     reward_path: str = "artifacts/models/reward"
     prompts: str = "artifacts/data/prompts_eval.jsonl"
-    preferences_dir: str = "artifacts/preferences"
     corpus: str = "data/corpus.jsonl"
     out_dir: str = "artifacts/evaluate"
     max_prompts: int = 256
@@ -232,6 +231,25 @@ class EvaluateConfig:
     gold_tie_margin: float = 0.1
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     seed: int = 1234
+
+
+@dataclass(frozen=True)
+class PromoteConfig:
+    """Promotion gates (flows/promote.py) and how they are measured. A threshold of null turns its gate off; a gate
+    whose number cannot be measured (no gold judge, no reward model) is skipped and the report says so. A promotion
+    needs at least one gate measured and none failed."""
+    min_win_rate: Optional[float] = 0.5            # policy: gold-judge win rate vs baseline, ties count 1/2
+    max_kl: Optional[float] = 6.0                  # policy: KL(challenger || reference), nats per response
+    min_gold_gain: Optional[float] = 0.0           # policy: mean gold score, challenger - baseline
+    min_reward_model_accuracy: Optional[float] = 0.55  # policy: held-out accuracy of the reward model it used
+    reward_min_accuracy: Optional[float] = 0.6     # reward model: held-out pairwise accuracy vs the gold judge
+    reward_min_accuracy_gain: Optional[float] = 0.0    # reward model: accuracy - champion's accuracy (same pairs)
+    max_prompts: int = 128                         # held-out prompts used (evaluate.prompts)
+    rm_pairs_k: int = 4                            # responses per prompt for the reward-model accuracy
+    seed: int = 4321
+
+    def __post_init__(self) -> None:
+        _check(self.max_prompts >= 1 and self.rm_pairs_k >= 2, "max_prompts must be >= 1 and rm_pairs_k >= 2")
 
 
 @dataclass(frozen=True)
@@ -245,6 +263,7 @@ class PipelineConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:

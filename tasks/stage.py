@@ -7,6 +7,7 @@ import importlib
 import mlflow
 
 from rlhf.config import flatten, load_params, to_dict
+from rlhf.distributed import is_main_process
 from rlhf.stages.common import StageResult
 from tasks.figures import log_figures
 from tasks.lineage import log_lineage
@@ -24,8 +25,15 @@ def run_stage(stage: str, params_path: str = "params.yaml") -> tuple[StageResult
         raise ValueError(f"unknown stage {stage!r} (stages: {', '.join(STAGES)})")
     cfg = getattr(load_params(params_path), stage)
     module = importlib.import_module(f"rlhf.stages.{stage}")
+    if not is_main_process():
+        # Another rank of a torchrun / accelerate launch: compute only; rank 0 tracks, writes and registers.
+        return module.run(cfg, None), ""
     with stage_run(stage, flatten(to_dict(cfg))) as run:
-        result: StageResult = module.run(cfg, StageLogger(stage))
+        logger = StageLogger(stage, cfg)
+        try:
+            result: StageResult = module.run(cfg, logger)
+        finally:
+            logger.close()
         mlflow.log_metrics({f"final/{k}": float(v) for k, v in result.metrics.items()
                             if isinstance(v, (int, float)) and v == v})
         mlflow.log_artifact(str(write_metrics(stage, result.metrics)), "metrics")

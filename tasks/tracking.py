@@ -106,20 +106,21 @@ def _finite(v) -> float | None:
 
 
 class StageLogger:
-    """The core's on_log(step, metrics) -> MLflow metrics + one readable progress line (no bar spam in CI logs)."""
+    """The core's on_log(step, metrics) -> MLflow metrics + progress (a bar on a terminal, throttled plain lines in
+    CI logs: tasks/progress.py)."""
 
-    def __init__(self, stage: str, every_s: float = 5.0):
-        self.stage, self.every_s, self.last = stage, every_s, 0.0
-        self.tty = sys.stderr.isatty()
+    def __init__(self, stage: str, cfg=None, every_s: float = 5.0):
+        from tasks.progress import for_stage
+        self.stage = stage
+        self.progress = for_stage(stage, cfg, every_s=every_s)
 
     def __call__(self, step: int, metrics: dict) -> None:
         clean = {k.replace("@", "_"): float(v) for k, v in metrics.items() if _finite(v) is not None}
         with_retries(mlflow.log_metrics, clean, step=int(step))
-        now = time.monotonic()
-        if now - self.last >= self.every_s:
-            self.last = now
-            shown = " ".join(f"{k}={v:.4g}" for k, v in list(clean.items())[:5])
-            print(f"[{self.stage}] step {step} {shown}", file=sys.stderr, end="\r" if self.tty else "\n", flush=True)
+        self.progress(step, clean)
+
+    def close(self) -> None:
+        self.progress.close()
 
 
 def write_metrics(stage: str, metrics: dict) -> Path:

@@ -11,6 +11,8 @@ from rlhf.data import load_jsonl, write_jsonl
 from rlhf.preferences.ingest import ingest
 from rlhf.stages.common import StageResult
 
+METRIC_UNSAFE = re.compile(r"[^\w./\- :]")
+
 
 def is_heldout(item_id: str, val_fraction: float) -> bool:
     """Stable split: the same item is held out on every machine and every run."""
@@ -35,6 +37,7 @@ def run(cfg: PreferencesConfig, on_log=None) -> StageResult:
             metrics[f"agreement_{k}"] = float(v)
     for reason, n in (s.get("rejected_by_reason") or {}).items():
         # MLflow metric names allow only letters, digits, _ - . / space and :
-        metrics[f"rejected/{re.sub(r'[^\w./\- :]', '', reason)[:60]}"] = float(n)
+        name = METRIC_UNSAFE.sub("", reason)[:60]
+        metrics[f"rejected/{name}"] = float(n)
     metrics.update({"items_train": len(train), "items_val": len(val)})
     return StageResult(metrics, outputs={"dir": str(out), "rejects": str(out / "rejects.jsonl")})

@@ -2,12 +2,10 @@
 ``section.sub.key``), with its type and default; no key that no longer exists; and every key that the repo's
 params files set exists in the dataclasses.
 
-Sections: the fields of ``rlhf.config.PipelineConfig``, plus ``promote`` (``flows.promote.Gates``, read from the
-source so this test does not import Prefect) while it lives outside rlhf/config.py.
+Sections: the fields of ``rlhf.config.PipelineConfig``.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import re
 import typing
@@ -21,8 +19,6 @@ from rlhf.config import PipelineConfig
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "configuration.md"
 PARAMS_FILES = [ROOT / "params.yaml", ROOT / "tests" / "fixtures" / "params_tiny.yaml"]
-# Sections of params.yaml loaded by a dataclass outside rlhf/config.py: section -> (source file, class name).
-EXTRA_SECTIONS = {"promote": (ROOT / "flows" / "promote.py", "Gates")}
 ROW = re.compile(r"^\|\s*`(?P<key>[A-Za-z0-9_.]+)`\s*\|\s*(?P<type>[^|]*?)\s*\|\s*`(?P<default>[^`]*)`\s*\|")
 
 
@@ -61,25 +57,8 @@ def dataclass_keys(cls: type, prefix: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-def source_dataclass_keys(path: Path, name: str, prefix: str) -> dict[str, tuple[str, str]]:
-    """The same for a flat dataclass read from source (annotated assignments with literal defaults)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == name)
-    out = {}
-    for node in cls.body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            default = ast.literal_eval(node.value) if node.value is not None else None
-            out[f"{prefix}.{node.target.id}"] = (type_text(ast.unparse(node.annotation)), default_text(default))
-    return out
-
-
 def config_keys() -> dict[str, tuple[str, str]]:
-    keys = dataclass_keys(PipelineConfig, "")
-    sections = {f.name for f in dataclasses.fields(PipelineConfig)}
-    for section, (path, name) in EXTRA_SECTIONS.items():
-        if section not in sections and path.exists():
-            keys.update(source_dataclass_keys(path, name, section))
-    return keys
+    return dataclass_keys(PipelineConfig, "")
 
 
 def documented(text: str) -> dict[str, tuple[str, str]]:
@@ -149,12 +128,7 @@ def unknown_keys(data, cls, prefix: str = "") -> list[str]:
 @pytest.mark.parametrize("path", PARAMS_FILES, ids=lambda p: p.name)
 def test_every_params_key_exists_in_the_dataclasses(path):
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    keys = config_keys()
-    core = {f.name for f in dataclasses.fields(PipelineConfig)}
-    extra = {s: raw.pop(s) for s in list(raw) if s in EXTRA_SECTIONS and s not in core}
     bad = unknown_keys(raw, PipelineConfig)
-    for section, values in extra.items():
-        bad += [f"{section}.{k}" for k in (values or {}) if f"{section}.{k}" not in keys]
     assert not bad, f"{path.name}: keys no dataclass defines: {', '.join(bad)}"
 
 

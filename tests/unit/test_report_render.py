@@ -1,5 +1,5 @@
 """`rlhf report` on hand-made run files (fast): figures, tables, numbers, escaping of untrusted text, missing files,
-promotion records, the MLflow part of the page; and the progress helper (flows/progress.py)."""
+promotion records, the MLflow part of the page; and the progress helper (tasks/progress.py)."""
 from __future__ import annotations
 
 import base64
@@ -193,7 +193,7 @@ def test_fmt_and_matches():
     assert matches({}, {"a": 2.0}) is None and matches({"final/a": 1.0}, None) is None
 
 
-# ------------------------------------------------------------------------------------------- flows/progress.py
+# ------------------------------------------------------------------------------------------- tasks/progress.py
 class Clock:
     def __init__(self):
         self.t = 100.0
@@ -203,7 +203,7 @@ class Clock:
 
 
 def test_progress_lines_are_throttled_and_end_on_the_last_step():
-    from flows.progress import Progress
+    from tasks.progress import Progress
     clock, out = Clock(), io.StringIO()
     p = Progress("ppo", total=10, every_s=5.0, stream=out, mode="lines", clock=clock,
                  keys=("objective/kl",))
@@ -219,7 +219,7 @@ def test_progress_lines_are_throttled_and_end_on_the_last_step():
 
 
 def test_progress_bar_redraws_in_place_and_unknown_total():
-    from flows.progress import Progress, bar, choose_mode
+    from tasks.progress import Progress, bar, choose_mode
     clock, out = Clock(), io.StringIO()
     with Progress("sft", total=4, stream=out, mode="bar", clock=clock, min_redraw_s=0.0) as p:
         for step in range(1, 5):
@@ -235,7 +235,7 @@ def test_progress_bar_redraws_in_place_and_unknown_total():
 
 
 def test_expected_totals_match_the_training_plans(tmp_path):
-    from flows.progress import expected_total
+    from tasks.progress import expected_total
     from rlhf.config import PipelineConfig, from_dict
     cfg = from_dict(PipelineConfig, {"ppo": {"total_episodes": 640, "rollout_batch_size": 64},
                                      "sft": {"data_dir": str(tmp_path), "train": {"batch_size": 16, "epochs": 3}},
@@ -247,7 +247,7 @@ def test_expected_totals_match_the_training_plans(tmp_path):
     assert expected_total("collect", cfg.collect) == 20     # 5 prompts x 4 responses
     assert expected_total("reward", cfg.reward, tmp_path / "nowhere") is None
     assert expected_total("pretrain", cfg.pretrain) is None
-    from flows.progress import for_stage
+    from tasks.progress import for_stage
     out = io.StringIO()
     p = for_stage("ppo", cfg.ppo, stream=out, mode="lines")
     p(1, {"loss/value_avg": 1.0, "objective/kl": 0.5})
