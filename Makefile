@@ -18,8 +18,11 @@ export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site_cache
+# Label Studio lives in its own virtualenv (beside the project it forces prefect down); the Label Studio tests
+# create it on first use and reuse it across clones from here.
+export RLHF_LABEL_STUDIO_VENV ?= $(HOME)/.cache/rlhf-pipeline/label-studio-1.23.2
 
-.PHONY: venv data pipeline test test-fast clean
+.PHONY: venv data pipeline test test-fast report schedule label-studio-venv clean
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -42,5 +45,15 @@ test: venv
 test-fast: venv
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+report: venv
+	$(VENV)/bin/rlhf report
+
+schedule: venv
+	$(VENV)/bin/rlhf schedule --cron "0 3 * * *"
+
+label-studio-venv:
+	test -x $(RLHF_LABEL_STUDIO_VENV)/bin/label-studio || (python3 -m venv $(RLHF_LABEL_STUDIO_VENV) && \
+	  $(RLHF_LABEL_STUDIO_VENV)/bin/pip install -q label-studio==1.23.2)
+
 clean:
-	rm -rf artifacts metrics plots mlflow.db mlartifacts .prefect
+	rm -rf artifacts metrics plots reports mlflow.db mlartifacts .prefect
