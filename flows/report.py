@@ -9,17 +9,14 @@ sampled text is untrusted.
 """
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
-import math
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-STAGES = ("prepare", "pretrain", "sft", "collect", "annotate", "preferences", "reward", "ppo", "evaluate")
+
+from flows.report_data import STAGES, RunFiles, StageRun, Tracking, load_run_files  # noqa: F401 (re-exported)
+from flows.report_html import Raw, _finite, _link, esc, figures, fmt, line_chart, metrics_table, table  # noqa: F401
+
 
 # PPO panels: (title, metric keys of plots/ppo/ppo.json). Names are the metric contract of rlhf/rollout.py and
 # rlhf/ppo.py (TRL's names).
@@ -52,7 +49,6 @@ EVALUATE_GLOSSARY = {
     "n_prompts": "held-out prompts evaluated",
 }
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1180px;
 padding:0 18px 40px;color:#1d1d1f}
@@ -69,244 +65,6 @@ font-size:12.5px}
 .figs{display:flex;flex-wrap:wrap;gap:8px}.figs figure{margin:0}.figs figcaption{font-size:12px;color:#555}
 .win{background:#e8f6ea}.loss{background:#fdecea}code{font-size:12.5px}nav a{margin-right:10px}
 """
-
-
-# ---------------------------------------------------------------------------------------------------------- data
-@dataclass
-class RunFiles:
-    """What one pipeline run left in the working tree (every part optional)."""
-    root: Path
-    metrics: dict[str, dict] = field(default_factory=dict)                # stage -> metrics/<stage>.json
-    plots: dict[str, dict[str, list[dict]]] = field(default_factory=dict)  # stage -> plot name -> rows
-    preferences_summary: dict | None = None
-    prepare_rejects: dict[str, int] = field(default_factory=dict)          # reason -> count
-    samples: list[dict] = field(default_factory=list)
-    samples_total: int = 0
-    promote: dict | None = None
-    paths: dict[str, str] = field(default_factory=dict)                   # role -> path shown on the page
-    notes: list[str] = field(default_factory=list)                        # files missing or unreadable
-
-
-@dataclass
-class StageRun:
-    """One stage's MLflow run as the report shows it."""
-    run_id: str
-    url: str | None = None
-    in_parent: bool = True          # False: the stage was skipped in this pipeline run; this is the run it came from
-    matches_files: bool | None = None   # its final/* metrics equal metrics/<stage>.json (None: nothing to compare)
-    seconds: float | None = None
-    registered: list[str] = field(default_factory=list)   # "rlhf-policy v3 (challenger)"
-    origin: str = ""                # overrides the "run of" text (e.g. a run outside the pipeline run)
-
-
-@dataclass
-class Tracking:
-    """The MLflow side of a report (see flows/commands/report.py)."""
-    tracking_uri: str
-    parent_run_id: str | None = None
-    parent_url: str | None = None
-    experiment_id: str | None = None
-    stages: dict[str, StageRun] = field(default_factory=dict)
-    ui_hint: str = ""
-    notes: list[str] = field(default_factory=list)
-    promotion: dict | None = None               # promotion/report.json of the run's 'promote' MLflow run
-    promotion_run_id: str | None = None
-    promotion_url: str | None = None
-
-
-def _read_json(path: Path, notes: list[str]) -> Any:
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        notes.append(f"{path}: unreadable ({e})")
-        return None
-
-
-def _config_paths(root: Path, notes: list[str]) -> dict[str, str]:
-    """Where params.yaml puts the preferences and evaluate outputs (the defaults when it cannot be read)."""
-    import yaml
-
-    from rlhf.config import ConfigError, PipelineConfig, from_dict
-    cfg = PipelineConfig()
-    path = root / "params.yaml"
-    if path.exists():
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            raw.pop("promote", None)           # flows/promote.py's section, not a stage
-            cfg = from_dict(PipelineConfig, raw)
-        except (ConfigError, yaml.YAMLError, AttributeError) as e:
-            notes.append(f"params.yaml not used ({e}); default paths assumed")
-    return {"preferences": cfg.preferences.out_dir, "evaluate": cfg.evaluate.out_dir, "prepare": cfg.prepare.out_dir}
-
-
-def load_run_files(root: str | Path = ".", max_samples: int = 20) -> RunFiles:
-    """Read the run's files under ``root``; missing ones become notes, nothing raises for a partial run."""
-    root = Path(root)
-    run = RunFiles(root=root)
-    dirs = _config_paths(root, run.notes)
-    others = sorted(p.stem for p in (root / "metrics").glob("*.json") if p.stem not in (*STAGES, "promote"))
-    for stage in (*STAGES, *others):
-        data = _read_json(root / "metrics" / f"{stage}.json", run.notes)
-        if isinstance(data, dict):
-            run.metrics[stage] = data
-    for path in sorted((root / "plots").glob("*/*.json")):
-        rows = _read_json(path, run.notes)
-        if isinstance(rows, list):
-            run.plots.setdefault(path.parent.name, {})[path.stem] = [r for r in rows if isinstance(r, dict)]
-    summary_path = root / dirs["preferences"] / "summary.json"
-    run.paths["preferences_summary"] = str(Path(dirs["preferences"]) / "summary.json")
-    summary = _read_json(summary_path, run.notes)
-    run.preferences_summary = summary if isinstance(summary, dict) else None
-    run.prepare_rejects = _tally_reasons(root / dirs["prepare"] / "rejects.jsonl")
-    samples_path = Path(dirs["evaluate"]) / "samples.jsonl"
-    run.paths["samples"] = str(samples_path)
-    run.samples, run.samples_total = _read_samples(root / samples_path, max_samples, run.notes)
-    promote = _read_json(root / "metrics" / "promote.json", run.notes)
-    run.promote = promote if isinstance(promote, dict) else None
-    return run
-
-
-def _tally_reasons(path: Path, limit: int = 1_000_000) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    if not path.exists():
-        return counts
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for i, line in enumerate(f):
-            if i >= limit:
-                break
-            try:
-                reason = str(json.loads(line).get("reason", "?"))
-            except (ValueError, AttributeError):
-                reason = "unreadable reject line"
-            counts[reason] = counts.get(reason, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-def _read_samples(path: Path, limit: int, notes: list[str]) -> tuple[list[dict], int]:
-    if not path.exists():
-        return [], 0
-    rows, total = [], 0
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            total += 1
-            if len(rows) < limit:
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    notes.append(f"{path}: line {total} is not JSON")
-                    continue
-                if isinstance(obj, dict):
-                    rows.append(obj)
-    return rows, total
-
-
-# ----------------------------------------------------------------------------------------------------- formatting
-def esc(value: Any) -> str:
-    """Text from data, safe in HTML element content and attribute values; control characters made visible."""
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
-    return html.escape(text, quote=True)
-
-
-def fmt(value: Any) -> str:
-    """A number as the report prints it (integers whole, others 4 significant digits); None/NaN as a dash."""
-    if value is None or isinstance(value, bool):
-        return "–" if value is None else str(value).lower()
-    if isinstance(value, (int, float)):
-        v = float(value)
-        if not math.isfinite(v):
-            return "–"
-        if v.is_integer() and abs(v) < 1e15:
-            return str(int(v))
-        if abs(v) >= 1e6 or abs(v) < 1e-3:
-            return f"{v:.3e}"
-        return f"{v:.1f}" if abs(v) >= 1000 else f"{v:.4g}"
-    return str(value)
-
-
-def _link(url: str | None, text: str) -> str:
-    if url and url.startswith(("http://", "https://")):
-        return f'<a href="{esc(url)}">{esc(text)}</a>'
-    return f"<code>{esc(text)}</code>"
-
-
-def table(headers: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "") -> str:
-    """An HTML table; numbers right-aligned and formatted, everything else escaped."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = []
-    for row in rows:
-        cells = []
-        for v in row:
-            if isinstance(v, Raw):
-                cells.append(f"<td>{v.html}</td>")
-            elif isinstance(v, (int, float)) or v is None:
-                cells.append(f'<td class="num">{fmt(v)}</td>')
-            else:
-                cells.append(f"<td>{esc(v)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
-
-
-@dataclass
-class Raw:
-    """Already-safe HTML for a table cell (built from escaped parts only)."""
-    html: str
-
-
-def metrics_table(metrics: dict, glossary: dict[str, str] | None = None) -> str:
-    gl = glossary or {}
-    return table(("metric", "value", "meaning") if gl else ("metric", "value"),
-                 ((k, v, gl.get(k, "")) if gl else (k, v) for k, v in metrics.items()))
-
-
-# ------------------------------------------------------------------------------------------------------- figures
-def line_chart(rows: list[dict], keys: Iterable[str], title: str, hlines: dict[str, float] | None = None) -> str | None:
-    """A PNG line chart of ``keys`` against ``step`` as an <img> with a data: URI; None when there is nothing."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    series = []
-    for key in keys:
-        pts = [(r.get("step"), r.get(key)) for r in rows]
-        pts = [(float(s), float(v)) for s, v in pts if _finite(s) and _finite(v)]
-        if pts:
-            series.append((key, pts))
-    if not series:
-        return None
-    fig, ax = plt.subplots(figsize=(5.4, 2.9), dpi=90)
-    for key, pts in series:
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None, ms=3, label=key)
-    for label, y in (hlines or {}).items():
-        if _finite(y):
-            ax.axhline(float(y), ls="--", lw=1, color="grey", label=label)
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel("step", fontsize=8)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.tick_params(labelsize=8)
-    ax.grid(alpha=0.3)
-    if len(series) + len(hlines or {}) > 1:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return (f'<figure><img alt="{esc(title)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{esc(title)}</figcaption></figure>")
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def figures(items: list[str | None], missing: str) -> str:
-    imgs = [i for i in items if i]
-    return f'<div class="figs">{"".join(imgs)}</div>' if imgs else f'<p class="muted">{esc(missing)}</p>'
 
 
 # ------------------------------------------------------------------------------------------------------ sections

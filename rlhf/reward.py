@@ -9,7 +9,6 @@ train_reward.py normalises the same way, before and after training); gain and bi
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
