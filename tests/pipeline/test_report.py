@@ -72,7 +72,7 @@ def tiny_run(prefect_harness, tmp_path_factory):
                                  order_by=["attributes.start_time ASC"])
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
     yield {"repo": repo, "uri": uri, "first": parents[0].info.run_id, "second": parents[1].info.run_id,
-           "stage_runs": {r.info.run_name: r.info.run_id for r in children}}
+           "stage_runs": {r.info.run_name: r.info.run_id for r in children if r.info.run_name in STAGES}}
 
 
 def report(tiny_run, out: Path, *extra: str) -> str:
@@ -109,7 +109,9 @@ def test_report_of_a_given_run_has_every_part(tiny_run, tmp_path):
     for stage, run_id in tiny_run["stage_runs"].items():
         assert run_id in rows[stage] and "this pipeline run" in rows[stage] and "<td>yes</td>" in rows[stage], stage
     assert "rlhf-policy v1 (challenger)" in rows["ppo"] and "rlhf-reward-model v1 (challenger)" in rows["reward"]
-    assert "no promotion recorded" in page
+    # The flow gates its challengers at the end: the page shows that decision (from the MLflow promote run).
+    promotion = page.split('id="promotion"')[1].split("</section>")[0]
+    assert "decision: <b>" in promotion and "rlhf-policy" in promotion and "rlhf-reward-model" in promotion
 
 
 def test_latest_run_skipped_every_stage_so_runs_come_from_the_earlier_one(tiny_run, tmp_path):
