@@ -31,12 +31,30 @@ class Group:
     targets: list[float]            # Elo scores (for the regression objective); zeros when unused
 
 
+def response_ended(row: dict) -> list[bool]:
+    """Whether each response of a rankings row ended with EOS (collect marks each candidate ``ended``).
+
+    Looked up in ``meta.ended``, else in the first merged annotation's candidates (ingest keeps a Label Studio
+    candidate's extra fields, in the order of the item's responses, under ``meta.annotations[0].meta.candidates``);
+    default: every response ended. Without this, truncated responses would get an EOS they never had and the reward
+    model could not learn the annotators' penalty for unfinished responses."""
+    meta = row.get("meta") or {}
+    n = len(row["responses"])
+    if isinstance(meta.get("ended"), list) and len(meta["ended"]) == n:
+        return [bool(e) for e in meta["ended"]]
+    for ann in meta.get("annotations") or []:
+        cands = ((ann or {}).get("meta") or {}).get("candidates")
+        if isinstance(cands, list) and len(cands) == n and all(isinstance(c, dict) for c in cands):
+            return [bool(c.get("ended", True)) for c in cands]
+    return [True] * n
+
+
 def encode_groups(tokenizer, rows: list[dict], max_length: int, elo: Optional[dict] = None) -> list[Group]:
     """Rankings rows {"prompt","responses","ranks","meta"} -> Groups. EOS is appended to responses that ended
-    (meta.ended; default: all did), so the reward model sees exactly what the policy produced."""
+    (``response_ended``), so the reward model sees exactly what the policy produced."""
     groups = []
     for r in rows:
-        ended = (r.get("meta") or {}).get("ended") or [True] * len(r["responses"])
+        ended = response_ended(r)
         seqs = []
         for resp, e in zip(r["responses"], ended):
             rid = encode_response(tokenizer, resp, add_eos=bool(e))[: max_length - 1]

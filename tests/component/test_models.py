@@ -51,3 +51,17 @@ def test_pairwise_reward_training_learns_a_preference(tok, tiny_lm):
     rm = RewardModel(tiny_lm.transformer)
     train_reward_model(rm, groups, TrainConfig(epochs=3, batch_size=8, lr=3e-3), tok.pad_token_id)
     assert pairwise_accuracy(rm, groups, tok.pad_token_id) == 1.0
+
+
+def test_truncated_responses_get_no_eos_from_merged_rankings(tok):
+    """Ingest keeps each Label Studio candidate's `ended` under meta.annotations[].meta.candidates: a response
+    cut at the length limit must reach the reward model without an EOS it never had."""
+    from rlhf.reward import response_ended
+    row = {"prompt": "the film was", "responses": ["great.", "bad and the"], "ranks": [0, 1],
+           "meta": {"annotations": [{"meta": {"candidates": [{"id": "r0", "ended": True},
+                                                             {"id": "r1", "ended": False}]}}]}}
+    assert response_ended(row) == [True, False]
+    (g,) = encode_groups(tok, [row], 64)
+    assert g.seqs[0][-1] == tok.eos_token_id and g.seqs[1][-1] != tok.eos_token_id
+    assert response_ended({"prompt": "p", "responses": ["a", "b"], "ranks": [0, 1]}) == [True, True]
+    assert response_ended({**row, "meta": {"ended": [False, True]}}) == [False, True]
