@@ -1,0 +1,425 @@
+"""Issue 8: our pipeline against TRL on the same work, measured side by side in ONE run.
+
+    .venv/bin/python benchmarks/bench.py [--threads 2] [--episodes 1280] [--repeats 1] [--pipeline] [--only ...]
+
+Every measured stage runs in its own subprocess (ours with the project's venv, TRL's with benchmarks/.venv-trl or
+.venv-trl112), with the same thread count, on the same models, tokens and sizes; peak memory is each process's RSS
+high-water mark as the kernel reports it to its parent (os.wait4 -> ru_maxrss). Ours and TRL's alternate (ours
+first on even repeats, TRL first on odd ones) so that load from other processes on a shared machine hits both.
+Every ratio printed is ours/TRL of the quantity named; the target column says which side of 1 is good.
+
+Artifacts: ``--artifacts DIR`` (an artifacts/ folder of a pipeline run), else the working tree's artifacts/ when it
+holds models/{base,sft,reward} and preferences/, else a throwaway project under --work is built and run up to the
+reward stage (`dvc repro reward`), or fully when --pipeline is given (then its run is also the timed pipeline run).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+import project  # noqa: E402
+from project import env, make_project, project_env, sh, snapshot  # noqa: E402
+
+OUR_PY = ROOT / ".venv" / "bin" / "python"
+TRL_PY = HERE / ".venv-trl" / "bin" / "python"
+TRL112_PY = HERE / ".venv-trl112" / "bin" / "python"
+
+
+# -- running one measured process ---------------------------------------------------------------------------------
+def measured(cmd: list[str], log: Path, threads: int, cwd: Path = ROOT, extra_env: dict | None = None) -> dict:
+    """Run ``cmd``; returns {wall_s, peak_rss_mb (kernel's ru_maxrss of that child alone), rc}."""
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        p = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env(threads, **(extra_env or {})))
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+    out = {"wall_s": time.perf_counter() - t0, "peak_rss_mb": ru.ru_maxrss / 1024, "rc": p.returncode}
+    if p.returncode != 0:
+        tail = log.read_text()[-4000:]
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({p.returncode}); log {log}:\n{tail}")
+    return out
+
+
+def run_side(name: str, py: Path, script: str, command: str, a, work: Path, art: Path, extra: list[str]) -> dict:
+    out = work / "results" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [str(py), str(HERE / script), command, "--artifacts", str(art), "--work", str(work), "--out", str(out),
+           "--threads", str(a.threads), *extra]
+    print(f"  running {name} ...", flush=True)
+    proc = measured(cmd, work / "logs" / f"{name}.log", a.threads)
+    res = json.loads(out.read_text())
+    res.update(proc)
+    print(f"  {name}: {summary(res)}", flush=True)
+    return res
+
+
+def summary(r: dict) -> str:
+    keys = ("tokens_per_s", "pairs_per_s", "episodes_per_s", "s_per_iter", "peak_rss_mb", "wall_s")
+    return ", ".join(f"{k}={r[k]:.4g}" for k in keys if k in r)
+
+
+# -- artifacts ------------------------------------------------------------------------------------------------------
+def have_artifacts(art: Path) -> bool:
+    return all((art / p).exists() for p in ("models/base", "models/sft", "models/reward/reward_head.safetensors",
+                                            "preferences/rankings_train.jsonl", "data/prompts_ppo.jsonl"))
+
+
+def find_artifacts(a, work: Path) -> tuple[Path, Path | None]:
+    if a.artifacts:
+        return Path(a.artifacts).resolve(), None
+    if have_artifacts(ROOT / "artifacts") and not a.pipeline:
+        return ROOT / "artifacts", None
+    proj = work / "project"
+    if a.pipeline or not have_artifacts(proj / "artifacts"):
+        print(f"building a throwaway project in {proj} ...", flush=True)
+        make_project(proj, a.threads, project.CODE_DIR)
+        if not a.pipeline:
+            sh(["dvc", "repro", "reward"], proj, a.threads, **project_env(proj))
+    return proj / "artifacts", proj
+
+
+# -- pipeline and orchestration overhead --------------------------------------------------------------------------------
+def measure_pipeline(proj: Path, a, work: Path) -> dict:
+    """`make pipeline` end to end in the throwaway project (stage compute timed by hooks/sitecustomize.py), the
+    parent MLflow run's seconds/<stage>, then the no-op `dvc repro` and no-op `make pipeline`."""
+    timings = work / "stage_timings.jsonl"
+    timings.unlink(missing_ok=True)
+    extra = {**project_env(proj), "RLHF_BENCH_TIMINGS": str(timings), "PYTHONPATH": str(HERE / "hooks")}
+    # The project's venv is shared with everyone working in the tree: `-o` tells make never to remake its install
+    # marker (else `$(VENV)/.installed: pyproject.toml` would re-run `pip install -e .` FROM THE THROWAWAY PROJECT when
+    # pyproject.toml is newer than the marker, re-pointing the shared editable install). A dry run checks it first.
+    venv = ROOT / ".venv"
+    make = ["make", "pipeline", f"VENV={venv}", "-o", f"{venv}/.installed"]
+    plan = subprocess.run([*make, "-n"], cwd=proj, capture_output=True, text=True, env=env(a.threads, **extra)).stdout
+    if "pip install" in plan or "-m venv" in plan:
+        raise RuntimeError(f"`make pipeline` would (re)install the shared venv; refusing:\n{plan}")
+    print("  make pipeline (full run) ...", flush=True)
+    full = measured(make, work / "logs" / "make_pipeline.log", a.threads, proj, extra)
+    stages = [json.loads(line) for line in timings.read_text().splitlines() if line.strip()]
+    compute = {s["stage"]: s["seconds"] for s in stages}
+    parent = parent_stage_seconds(proj / "mlflow.db")
+    noop_dvc = [measured(["dvc", "repro"], work / "logs" / f"dvc_repro_noop{i}.log", a.threads, proj,
+                         project_env(proj))["wall_s"] for i in range(3)]
+    noop_make = measured(make, work / "logs" / "make_pipeline_noop.log", a.threads, proj, extra)["wall_s"]
+    status = subprocess.run(["dvc", "status"], cwd=proj, capture_output=True, text=True, env=env(a.threads, **project_env(proj)))
+    wall = full["wall_s"]
+    sc = sum(compute.values())
+    return {"make_pipeline_s": wall, "peak_rss_mb": full["peak_rss_mb"], "stage_compute_s": compute,
+            "stage_compute_total_s": sc, "orchestration_s": wall - sc, "orchestration_share": (wall - sc) / wall,
+            "parent_seconds": parent, "parent_total_s": sum(parent.values()),
+            "flow_overhead_s": wall - sum(parent.values()),
+            "dvc_repro_noop_s": statistics.median(noop_dvc), "dvc_repro_noop_runs": noop_dvc,
+            "make_pipeline_noop_s": noop_make, "dvc_status_after": status.stdout.strip()[-300:]}
+
+
+def parent_stage_seconds(db: Path) -> dict:
+    """seconds/<stage> logged on the pipeline's parent MLflow run (flows/pipeline.py)."""
+    if not db.exists():
+        return {}
+    con = sqlite3.connect(str(db))
+    try:
+        rows = con.execute(
+            "SELECT m.key, m.value FROM metrics m JOIN tags t ON m.run_uuid = t.run_uuid "
+            "WHERE t.key = 'mlflow.runName' AND t.value = 'rlhf_pipeline' AND m.key LIKE 'seconds/%'").fetchall()
+    finally:
+        con.close()
+    return {k.split("/", 1)[1]: v for k, v in rows}
+
+
+# -- the machine ---------------------------------------------------------------------------------------------------
+def machine(threads: int) -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    versions = {}
+    for name, py in (("ours", OUR_PY), ("trl", TRL_PY), ("trl112", TRL112_PY)):
+        if py.exists():
+            code = ("import importlib.metadata as m; print({p: m.version(p) for p in "
+                    "('torch','transformers','accelerate','datasets','trl') if __import__('importlib').util.find_spec(p)})")
+            versions[name] = subprocess.run([str(py), "-c", code], capture_output=True, text=True).stdout.strip()
+    return {"nproc": os.cpu_count(), "cpu": cpu, "torch_threads": threads, "python": platform.python_version(),
+            "load_avg_start": os.getloadavg(), "versions": versions}
+
+
+# -- report --------------------------------------------------------------------------------------------------------
+def med(runs: list[dict], key: str):
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def ratio(x, y):
+    return x / y if x and y else None
+
+
+def fmt(v, spec=".3g"):
+    return "n/a" if v is None else format(v, spec)
+
+
+def report(res: dict) -> str:
+    """The figures as a Markdown table (printed and written to --markdown)."""
+    L = []
+    add = L.append
+    m = res["machine"]
+    add(f"Machine: {m['nproc']} CPUs ({m['cpu']}), torch threads {m['torch_threads']} per process, "
+        f"load average at start {tuple(round(x, 2) for x in m['load_avg_start'])}, "
+        f"at end {tuple(round(x, 2) for x in res.get('load_avg_end', (0, 0, 0)))}.")
+    add("")
+    add("| measure (median over runs) | ours | TRL | ours/TRL | per-run ratios | target | met |")
+    add("|---|---|---|---|---|---|---|")
+    R = res["runs"]
+
+    def row(label, ours, trl, target=None, spec=".3g", goal=None, runs=None):
+        r = ratio(ours, trl)
+        met = "" if goal is None or r is None else ("yes" if goal(r) else "NO")
+        per = ""
+        if runs:      # (our runs, TRL runs, key): ratio of the i-th run of each side, run side by side
+            o, t, key = runs
+            per = ", ".join(fmt(ratio(x.get(key), y.get(key)), ".2f") for x, y in zip(o, t))
+        add(f"| {label} | {fmt(ours, spec)} | {fmt(trl, spec)} | {fmt(r, '.2f')} | {per} | {target or ''} | {met} |")
+
+    if "sft" in R:
+        row("SFT tokens/s", med(R["sft"]["ours"], "tokens_per_s"), med(R["sft"]["trl"], "tokens_per_s"),
+            ">= 1.2x", goal=lambda r: r >= 1.2, runs=(R["sft"]["ours"], R["sft"]["trl"], "tokens_per_s"))
+        row("  SFT tokens per CPU-second", per_cpu(R["sft"]["ours"], "tokens"), per_cpu(R["sft"]["trl"], "tokens"))
+        row("SFT peak RSS (MiB, max over runs)", max_of(R["sft"]["ours"]), max_of(R["sft"]["trl"]), "<= 1.0x",
+            goal=lambda r: r <= 1.0)
+    if "reward" in R:
+        row("reward pairs/s", med(R["reward"]["ours"], "pairs_per_s"), med(R["reward"]["trl"], "pairs_per_s"),
+            ">= 1.2x", goal=lambda r: r >= 1.2, runs=(R["reward"]["ours"], R["reward"]["trl"], "pairs_per_s"))
+        row("  reward pairs per CPU-second", per_cpu(R["reward"]["ours"], "pairs"), per_cpu(R["reward"]["trl"], "pairs"))
+        row("reward peak RSS (MiB, max over runs)", max_of(R["reward"]["ours"]), max_of(R["reward"]["trl"]), "<= 1.0x",
+            goal=lambda r: r <= 1.0)
+    for key, name, target, goal in (("ppo", "TRL 1.12 PPO", ">= 1.5x", lambda r: r >= 1.5),
+                                    ("rloo", "TRL RLOO", "> 1.0x", lambda r: r > 1.0)):
+        if key not in R:
+            continue
+        o, t = R[key]["ours"], R[key]["trl"]
+        row(f"PPO episodes/s vs {name}", med(o, "episodes_per_s"), med(t, "episodes_per_s"), target, goal=goal,
+            runs=(o, t, "episodes_per_s"))
+        row("  episodes per CPU-second", per_cpu(o, "episodes"), per_cpu(t, "episodes"))
+        po, pt = pct_iter(o, 0.2), pct_iter(t, 0.2)
+        B = o[0]["episodes"] / o[0]["iterations"] if o else 64
+        row("  episodes/s at the 20th-percentile iteration time", B / po if po else None, B / pt if pt else None,
+            target, goal=goal)
+        row(f"  s/iteration (vs {name})", med(o, "s_per_iter"), med(t, "s_per_iter"))
+        row("    generation s", med(o, "generation_s"), med(t, "generation_s"))
+        row("    scoring s", med(o, "scoring_s"), med(t, "scoring_s"))
+        so, st = split_med(o), split_med(t)
+        for part in sorted(set(so) | set(st)):
+            row(f"      {part} forward s", so.get(part), st.get(part))
+        row("    optimisation s", med(o, "optimization_s"), med(t, "optimization_s"))
+        row("  rollout tokens/s", med(o, "rollout_tokens_per_s"), med(t, "rollout_tokens_per_s"))
+        row("  decode steps per rollout", med(o, "decode_steps"), med(t, "decode_steps"))
+        row("  generation ms per decode step", med(o, "generation_ms_per_step"), med(t, "generation_ms_per_step"))
+        row("  mean response tokens", med(o, "response_length"), med(t, "response_length"))
+        row("  peak RSS (MiB)", max_of(o), max_of(t), "<= 1.0x", goal=lambda r: r <= 1.0)
+    g = res.get("gold", {})
+    if g:
+        add("")
+        add("| gold judge (same episodes; mean over runs) | start (first 20%) | end (last 20%) +- se | "
+            "gain per 1000 episodes (slope) +- se |")
+        add("|---|---|---|---|")
+        for name, v in g.items():
+            add(f"| {name} ({len(v['runs'])} run(s), {int(v['iterations'])} iterations) | {v['gold_first_k']:.3f} | "
+                f"{v['gold_last_k']:.3f} +- {v['gold_last_k_se']:.3f} | {v['gold_gain_per_1k_episodes']:+.3f} +- "
+                f"{v['gold_gain_per_1k_episodes_se']:.3f} |")
+    ab = res.get("ablations", {}).get("ppo")
+    if ab:
+        add("")
+        add(f"Ablations: what each existing optimisation buys (ours, A/B in one process, {ab['rounds']} rotated rounds, "
+            "median s per PPO iteration phase; slowdown = variant time / default time):")
+        add("")
+        add("| variant (one optimisation off) | generation s | scoring s | optimisation s | iteration s | decode steps | "
+            "slowdown |")
+        add("|---|---|---|---|---|---|---|")
+        for name, v in ab["variants"].items():
+            add(f"| {name} | {v['generation_s']:.3f} | {v['scoring_s']:.3f} | {v['optimization_s']:.3f} | "
+                f"{v['iteration_s']:.3f} | {v['decode_steps']:.1f} | {1 / v['speedup']:.2f}x |")
+    pr = res.get("proposals")
+    if pr:
+        add("")
+        add(f"Proposed core speed-ups, A/B on the same process ({pr.get('ppo', pr.get('sft', {})).get('rounds', '')} "
+            "rotated rounds, median; speed-up = default time / variant time):")
+        add("")
+        add("| SFT variant | s per 40 steps | speed-up |")
+        add("|---|---|---|")
+        for name, v in pr.get("sft", {}).get("variants", {}).items():
+            add(f"| {name} | {v['median_s']:.3f} | {v['speedup']:.2f}x |")
+        add("")
+        add("| PPO variant | generation s | scoring s | optimisation s | iteration s | speed-up |")
+        add("|---|---|---|---|---|---|")
+        for name, v in pr.get("ppo", {}).get("variants", {}).items():
+            add(f"| {name} | {v['generation_s']:.3f} ({v['generation_speedup']:.2f}x) | {v['scoring_s']:.3f} "
+                f"({v['scoring_speedup']:.2f}x) | {v['optimization_s']:.3f} ({v['optimization_speedup']:.2f}x) | "
+                f"{v['iteration_s']:.3f} | {v['speedup']:.2f}x |")
+    p = res.get("pipeline")
+    if p:
+        add("")
+        add("| pipeline | seconds | target | met |")
+        add("|---|---|---|---|")
+        add(f"| `make pipeline` end to end | {p['make_pipeline_s']:.1f} | | |")
+        add(f"| stages' own compute (sum) | {p['stage_compute_total_s']:.1f} | | |")
+        add(f"| orchestration overhead | {p['orchestration_s']:.1f} ({100 * p['orchestration_share']:.1f}%) | <= 10% | "
+            f"{'yes' if p['orchestration_share'] <= 0.10 else 'NO'} |")
+        add(f"| ... of which outside the flow's stage tasks (wall - sum seconds/<stage>) | {p['flow_overhead_s']:.1f} | | |")
+        add(f"| no-op `dvc repro` (median of 3) | {p['dvc_repro_noop_s']:.1f} | < 10 s | "
+            f"{'yes' if p['dvc_repro_noop_s'] < 10 else 'NO'} |")
+        add(f"| no-op `make pipeline` | {p['make_pipeline_noop_s']:.1f} | | |")
+        add("")
+        add("Per stage (compute / task incl. tracking): " + ", ".join(
+            f"{s} {p['stage_compute_s'].get(s, 0):.1f}/{p['parent_seconds'].get(s, 0):.1f}" for s in p["parent_seconds"]))
+    return "\n".join(L)
+
+
+def pct_iter(runs, q: float):
+    """The q-quantile of the per-iteration times over all runs of one side: robust to other processes' load when it
+    comes and goes (a median is not, once load covers half a run)."""
+    xs = sorted(x for r in runs for x in r.get("iteration_s", []))
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else None
+
+
+def per_cpu(runs, work_key):
+    """Work per CPU-second of the measured loop (time.process_time, all threads): less sensitive than wall time to
+    other processes' load on a shared machine (not immune: cache sharing and OpenMP spin-waits still count)."""
+    vals = [r[work_key] / r["cpu_s"] for r in runs if r.get("cpu_s") and r.get(work_key)]
+    return statistics.median(vals) if vals else None
+
+
+def max_of(runs):
+    vals = [r["peak_rss_mb"] for r in runs]
+    return max(vals) if vals else None
+
+
+def split_med(runs):
+    keys = set().union(*(r.get("scoring_split_s", {}).keys() for r in runs)) if runs else set()
+    return {k: statistics.median([r["scoring_split_s"].get(k, 0.0) for r in runs]) for k in keys}
+
+
+# -- main --------------------------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", default="/tmp/rlhf-bench")
+    ap.add_argument("--artifacts")
+    ap.add_argument("--episodes", type=int, default=1280, help="PPO/RLOO episode budget, the same for every side")
+    ap.add_argument("--sft-steps", type=int, default=0, help="default: one epoch of the SFT set")
+    ap.add_argument("--reward-steps", type=int, default=0, help="default: one epoch of the rankings")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each PPO/RLOO measurement")
+    ap.add_argument("--short-repeats", type=int, default=3, help="runs of each SFT/reward measurement")
+    ap.add_argument("--proposal-rounds", type=int, default=7, help="rotated A/B rounds of ablations and proposals")
+    ap.add_argument("--only", default="sft,reward,ppo,rloo,gold,ablations,proposals",
+                    help="comma list of: sft, reward, ppo, rloo, gold, ablations, proposals")
+    ap.add_argument("--code", choices=["head", "worktree"], default="head",
+                    help="measure the committed code (default) or the working tree as it is at the start")
+    ap.add_argument("--pipeline", action="store_true", help="also time `make pipeline` and a no-op `dvc repro` (minutes)")
+    ap.add_argument("--json", help="raw results (default: WORK/results.json)")
+    ap.add_argument("--markdown", help="the tables (default: WORK/results.md)")
+    ap.add_argument("--report", metavar="RESULTS_JSON", help="only print the tables of an earlier run's results.json")
+    ap.add_argument("--pipeline-from", metavar="RESULTS_JSON",
+                    help="with --report: take the pipeline figures from another run's results.json")
+    a = ap.parse_args(argv)
+    if a.report:
+        res = json.loads(Path(a.report).read_text())
+        if a.pipeline_from:
+            res["pipeline"] = json.loads(Path(a.pipeline_from).read_text())["pipeline"]
+        print(report(res))
+        return 0
+    only = set(a.only.split(","))
+    work = Path(a.work).resolve()
+    a.json, a.markdown = a.json or str(work / "results.json"), a.markdown or str(work / "results.md")
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    res: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(a.threads),
+                 "runs": {}, "settings": vars(a)}
+    project.CODE_DIR = snapshot(work / "code", a.code)
+    res["code"] = {"mode": a.code, "revision": (project.CODE_DIR / "REVISION").read_text().strip()}
+    print(json.dumps(res["machine"], indent=1), json.dumps(res["code"]), flush=True)
+    art, proj = find_artifacts(a, work)
+    if a.pipeline:
+        res["pipeline"] = measure_pipeline(proj, a, work)
+        print(json.dumps(res["pipeline"], indent=1), flush=True)
+    print(f"artifacts: {art}", flush=True)
+    corpus = (art.parent / "data" / "corpus.jsonl") if (art.parent / "data" / "corpus.jsonl").exists() \
+        else ROOT / "data" / "corpus.jsonl"
+    sh([str(OUR_PY), str(HERE / "ours.py"), "prepare", "--artifacts", str(art), "--work", str(work)], ROOT, a.threads)
+
+    plans = {
+        "sft": [("ours", OUR_PY, "ours.py", "sft", ["--steps", str(a.sft_steps)]),
+                ("trl", TRL_PY, "trl_runs.py", "sft", ["--steps", str(a.sft_steps)])],
+        "reward": [("ours", OUR_PY, "ours.py", "reward", ["--steps", str(a.reward_steps)]),
+                   ("trl", TRL_PY, "trl_runs.py", "reward", [])],
+        "ppo": [("ours", OUR_PY, "ours.py", "ppo", ["--episodes", str(a.episodes)]),
+                ("trl", TRL112_PY, "trl_runs.py", "ppo", ["--episodes", str(a.episodes)])],
+        "rloo": [("trl", TRL_PY, "trl_runs.py", "rloo", ["--episodes", str(a.episodes)])],
+    }
+    for rep in range(max(a.repeats, a.short_repeats)):
+        for stage in ("sft", "reward", "ppo", "rloo"):
+            if stage not in only or rep >= (a.short_repeats if stage in ("sft", "reward") else a.repeats):
+                continue
+            order = plans[stage] if rep % 2 == 0 else plans[stage][::-1]
+            for side, py, script, cmd, extra in order:
+                name = f"{stage}-{side}-{rep}"
+                if stage == "reward" and side == "trl":      # the same number of pairs as our run just did / will do
+                    extra = ["--pairs", str(reward_pairs(work, a))]
+                samples = work / "samples" / f"{name}.jsonl"
+                samples.parent.mkdir(parents=True, exist_ok=True)
+                if stage in ("ppo", "rloo"):
+                    extra = [*extra, "--samples", str(samples)]
+                r = run_side(name, py, script, cmd, a, work, art, extra)
+                res["runs"].setdefault(stage, {"ours": [], "trl": []})[side].append(r)
+        if "rloo" in res["runs"] and "ppo" in res["runs"]:
+            res["runs"]["rloo"]["ours"] = res["runs"]["ppo"]["ours"]      # the same PPO runs, the same budget
+
+    if "gold" in only:
+        res["gold"] = {}
+        for label, pattern in (("ours PPO", "ppo-ours-*"), ("TRL 1.12 PPO", "ppo-trl-*"), ("TRL RLOO", "rloo-trl-*")):
+            files = sorted((work / "samples").glob(pattern + ".jsonl"))
+            if not files:
+                continue
+            per_run = []
+            for f in files:
+                out = work / "results" / f"gold-{f.stem}.json"
+                sh([str(OUR_PY), str(HERE / "ours.py"), "gold", "--samples", str(f), "--corpus", str(corpus),
+                    "--out", str(out)], ROOT, a.threads)
+                per_run.append(json.loads(out.read_text()))
+            res["gold"][label] = {"runs": per_run, **{k: statistics.mean(r[k] for r in per_run) for k in (
+                "gold_first_k", "gold_last_k", "gold_gain_per_1k_episodes", "gold_gain_per_1k_episodes_se",
+                "gold_last_k_se", "iterations")}}
+
+    for group in ("ablations", "proposals"):
+        if group not in only:
+            continue
+        out = work / "results" / f"{group}.json"
+        print(f"  running {group} (A/B in one process) ...", flush=True)
+        proc = measured([str(OUR_PY), str(HERE / "proposals.py"), "--group", group, "--artifacts", str(art),
+                         "--work", str(work), "--rounds", str(a.proposal_rounds), "--threads", str(a.threads),
+                         "--out", str(out)], work / "logs" / f"{group}.log", a.threads)
+        res[group] = {**json.loads(out.read_text()), "wall_s": proc["wall_s"]}
+
+    res["load_avg_end"] = os.getloadavg()
+    Path(a.json).write_text(json.dumps(res, indent=1, default=str) + "\n")
+    md = report(res)
+    Path(a.markdown).write_text(md + "\n")
+    print("\n" + md)
+    return 0
+
+
+def reward_pairs(work: Path, a) -> int:
+    """Pairs our reward run trains on: its steps x (groups per step) x (pairs per group), from the manifest."""
+    m = json.loads((work / "manifest.json").read_text())
+    per_epoch = -(-m["n_groups"] // m["reward_groups_per_step"])
+    steps = a.reward_steps or per_epoch
+    return round(min(steps * m["reward_groups_per_step"], steps / per_epoch * m["n_groups"]) * m["pairs_per_group"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
