@@ -22,7 +22,7 @@ export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site_cache
 # create it on first use and reuse it across clones from here.
 export RLHF_LABEL_STUDIO_VENV ?= $(HOME)/.cache/rlhf-pipeline/label-studio-1.23.2
 
-.PHONY: venv data pipeline test test-fast report schedule label-studio-venv clean
+.PHONY: venv data pipeline test test-fast report schedule bench label-studio-venv clean
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -47,6 +47,10 @@ test-fast: venv
 
 report: venv
 	$(VENV)/bin/rlhf report
+
+# Ours vs TRL side by side (needs benchmarks/.venv-trl and .venv-trl112: see BENCHMARKS.md).
+bench: venv
+	$(PY) benchmarks/bench.py
 
 schedule: venv
 	$(VENV)/bin/rlhf schedule --cron "0 3 * * *"
