@@ -28,16 +28,13 @@ def prefect_harness():
         yield
 
 
-@pytest.fixture(scope="session")
-def project(tmp_path_factory) -> Path:
+def make_project(repo: Path) -> Path:
     """A git repository holding the pipeline definition, the tiny params and small demo data under DVC."""
-    repo = tmp_path_factory.mktemp("project")
     for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(ROOT / name, repo / name)
     shutil.copytree(ROOT / "rlhf", repo / "rlhf", ignore=shutil.ignore_patterns("__pycache__"))
     merged = merge_params(ROOT / "params.yaml", ROOT / "tests" / "fixtures" / "params_tiny.yaml")
     (repo / "params.yaml").write_text(merged)
-    os.environ["DVC_SITE_CACHE_DIR"] = str(repo / ".dvc" / "tmp" / "site_cache")
     sh("git", "init", "-q", cwd=repo)
     sh("git", "config", "user.email", "test@example.com", cwd=repo)
     sh("git", "config", "user.name", "test", cwd=repo)
@@ -47,6 +44,14 @@ def project(tmp_path_factory) -> Path:
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-qm", "project", cwd=repo)
     return repo
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory) -> Path:
+    """The shared throwaway project of the end-to-end tests."""
+    repo = tmp_path_factory.mktemp("project")
+    os.environ["DVC_SITE_CACHE_DIR"] = str(repo / ".dvc" / "tmp" / "site_cache")
+    return make_project(repo)
 
 
 def merge_params(base: Path, overlay: Path) -> str:

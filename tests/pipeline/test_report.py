@@ -10,34 +10,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.pipeline.conftest import ROOT, merge_params, sh
+from tests.pipeline.conftest import make_project, sh
 
 pytestmark = pytest.mark.slow
 
 STAGES = ["prepare", "pretrain", "sft", "collect", "annotate", "preferences", "reward", "ppo", "evaluate"]
-
-
-def make_project(repo: Path) -> Path:
-    """The same project as conftest's ``project`` fixture (git + DVC, tiny params, small demo data)."""
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(ROOT / name, repo / name)
-    shutil.copytree(ROOT / "rlhf", repo / "rlhf", ignore=shutil.ignore_patterns("__pycache__"))
-    tiny = ROOT / "tests" / "fixtures" / "params_tiny.yaml"
-    (repo / "params.yaml").write_text(merge_params(ROOT / "params.yaml", tiny))
-    sh("git", "init", "-q", cwd=repo)
-    sh("git", "config", "user.email", "test@example.com", cwd=repo)
-    sh("git", "config", "user.name", "test", cwd=repo)
-    sh("dvc", "init", "-q", cwd=repo)
-    sh("rlhf", "demo-data", "data", "--n-corpus", "400", "--n-sft", "120", "--n-prompts", "200", cwd=repo)
-    sh("dvc", "add", "-q", "data", cwd=repo)
-    sh("git", "add", "-A", cwd=repo)
-    sh("git", "commit", "-qm", "project", cwd=repo)
-    return repo
 
 
 @pytest.fixture(scope="module")
