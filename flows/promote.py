@@ -105,7 +105,7 @@ def compare_policies(challenger, baseline, reference, scorer, judge, prompts: li
     decide the win rate when there is no judge), reward-model scores, KL of each to the reference (nats/response)."""
     from rlhf.generation import sample_responses
     from rlhf.reward import score_texts
-    from rlhf.stages.evaluate import sequence_logprob
+    from rlhf.stages.evaluate import sequence_logprob, win_rate
     s, m = sampling, {}
     samples = {}
     for label, pol in (("challenger", challenger), ("baseline", baseline)):
@@ -123,8 +123,7 @@ def compare_policies(challenger, baseline, reference, scorer, judge, prompts: li
     m["kl_to_ref"] = m.pop("kl_to_ref_challenger")
     key = "gold" if judge is not None else "rm" if scorer is not None else None
     if key:
-        pairs = zip(m[f"{key}_challenger_list"], m[f"{key}_baseline_list"])
-        m["win_rate"] = _mean(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs)
+        m["win_rate"] = win_rate(m[f"{key}_challenger_list"], m[f"{key}_baseline_list"]) if prompts else None
         m["win_rate_by"] = key
     for key in ("gold", "rm"):
         if f"{key}_challenger_list" in m:

@@ -39,3 +39,24 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
     if not params:
         return 0.0
     return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def setup_training(model, cfg, total_steps: int, state: dict | None = None):
+    """AdamW + schedule for a supervised loop of ``total_steps`` steps (``cfg``: a TrainConfig), restored from a
+    checkpoint ``state`` when given; returns (optimizer, scheduler, first step to run)."""
+    opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
+    sched = make_scheduler(opt, cfg.lr_schedule, total_steps, cfg.warmup_ratio)
+    if not state:
+        return opt, sched, 0
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return opt, sched, int(state["step"])
+
+
+def optimizer_step(model, opt, sched, max_grad_norm: float) -> float:
+    """Clip the global gradient norm, step optimiser and schedule, clear gradients; returns the norm before clipping."""
+    grad_norm = clip_grad_norm(model, max_grad_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return grad_norm

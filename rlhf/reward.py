@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from rlhf.config import TrainConfig
 from rlhf.data import encode_prompt, encode_response, pad_left
 from rlhf.distributed import SINGLE, DistContext, all_reduce_sum, shard, sync_gradients
-from rlhf.optim import clip_grad_norm, make_optimizer, make_scheduler
+from rlhf.optim import optimizer_step, setup_training
 from rlhf.train_lm import plan_batches
 
 
@@ -112,13 +112,7 @@ def train_reward_model(model, groups: list[Group], cfg: TrainConfig, pad_id: int
     share of the batch's rankings, the loss is divided by the batch's global pair (or sequence) count and the
     gradients are summed across ranks, so a step is the single-process one up to float summation order."""
     plan = plan_batches(len(groups), cfg, seed)
-    opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
-    sched = make_scheduler(opt, cfg.lr_schedule, len(plan), cfg.warmup_ratio)
-    start = 0
-    if state:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start = int(state["step"])
+    opt, sched, start = setup_training(model, cfg, len(plan), state)
     micro = max(1, cfg.batch_size // (cfg.grad_accum * dist.world_size))
     t0, n_pairs = time.perf_counter(), 0
     model.train()
@@ -138,10 +132,7 @@ def train_reward_model(model, groups: list[Group], cfg: TrainConfig, pad_id: int
         if dist.enabled:
             sync_gradients(model.parameters(), dist, average=False)
             loss_sum, correct = all_reduce_sum([loss_sum, correct], dist)
-        grad_norm = clip_grad_norm(model, cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(model, opt, sched, cfg.max_grad_norm)
         n_pairs += total_pairs
         if on_log and ((step + 1) % cfg.log_every == 0 or step + 1 == len(plan)):
             on_log(step + 1, {"loss/reward": loss_sum / max(denom, 1), "reward/accuracy": correct / max(total_pairs, 1),

@@ -21,7 +21,7 @@ from rlhf.config import TrainConfig
 from rlhf.data import batches, encode_prompt, encode_response, pad_left
 from rlhf.distributed import SINGLE, DistContext, all_reduce_sum, shard, sync_gradients
 from rlhf.modeling import position_ids_from_mask
-from rlhf.optim import clip_grad_norm, make_optimizer, make_scheduler
+from rlhf.optim import optimizer_step, setup_training
 
 LogFn = Callable[[int, dict], None]
 
@@ -108,13 +108,7 @@ def train_causal_lm(model, examples: list[Example], cfg: TrainConfig, pad_id: in
     if not examples:
         raise ValueError("no training examples")
     plan = plan_batches(len(examples), cfg, seed)
-    opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
-    sched = make_scheduler(opt, cfg.lr_schedule, len(plan), cfg.warmup_ratio)
-    start = 0
-    if state:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start = int(state["step"])
+    opt, sched, start = setup_training(model, cfg, len(plan), state)
     micro = max(1, cfg.batch_size // (cfg.grad_accum * dist.world_size))
     t0, tokens, last_loss = time.perf_counter(), 0, float("nan")
     model.train()
@@ -133,10 +127,7 @@ def train_causal_lm(model, examples: list[Example], cfg: TrainConfig, pad_id: in
         if dist.enabled:
             sync_gradients(model.parameters(), dist, average=False)   # sum: each loss is already / global count
             loss_total, tokens = all_reduce_sum([loss_total, tokens], dist)
-        grad_norm = clip_grad_norm(model, cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(model, opt, sched, cfg.max_grad_norm)
         last_loss = loss_total / max(n_targets, 1)
         if on_log and ((step + 1) % cfg.log_every == 0 or step + 1 == len(plan)):
             dt = time.perf_counter() - t0

@@ -43,6 +43,12 @@ def sequence_logprob(model, tok, prompts, responses, ended, temperature: float, 
     return torch.cat(out)
 
 
+def win_rate(scores_a: list[float], scores_b: list[float]) -> float:
+    """Share of prompts where a's score beats b's (ties count 1/2)."""
+    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores_a, scores_b)]
+    return sum(wins) / max(len(wins), 1)
+
+
 def pairwise_agreement(scores: list[float], gold: list[float], k: int, tie_margin: float = 0.0) -> tuple[float, int]:
     """Share of pairs (within each consecutive group of k) that ``scores`` order like ``gold``; pairs whose gold
     scores differ by less than ``tie_margin`` (or are equal) count as ties and are skipped. Returns (acc, pairs)."""
@@ -75,7 +81,6 @@ def run(cfg: EvaluateConfig, on_log=None) -> StageResult:
     pol_txt, pol_end = sample_responses(policy, tok, prompts, s.max_new_tokens, s.temperature, s.batch_size, cfg.seed,
                                         on_progress=progress)
     gold_sft, gold_pol = judge.score_many(prompts, sft_txt, sft_end), judge.score_many(prompts, pol_txt, pol_end)
-    wins = [1.0 if p > q else 0.5 if p == q else 0.0 for p, q in zip(gold_pol, gold_sft)]
     kl = (sequence_logprob(policy, tok, prompts, pol_txt, pol_end, s.temperature)
           - sequence_logprob(sft, tok, prompts, pol_txt, pol_end, s.temperature))
     reward = RewardModel.from_pretrained(cfg.reward_path).eval()
@@ -90,7 +95,7 @@ def run(cfg: EvaluateConfig, on_log=None) -> StageResult:
     rm_pol = score_texts(reward, tok, prompts, pol_txt, pol_end, 64).tolist()
     n = max(len(prompts), 1)
     metrics = {
-        "gold_score_sft": sum(gold_sft) / n, "gold_score_policy": sum(gold_pol) / n, "win_rate_vs_sft": sum(wins) / n,
+        "gold_score_sft": sum(gold_sft) / n, "gold_score_policy": sum(gold_pol) / n, "win_rate_vs_sft": win_rate(gold_pol, gold_sft),
         "kl_to_ref": float(kl.mean()), "reward_model_accuracy": acc, "reward_model_pairs": n_pairs,
         "reward_model_accuracy_all": acc_all, "reward_model_pairs_all": n_all,
         "rm_score_sft": sum(rm_sft) / n, "rm_score_policy": sum(rm_pol) / n,
