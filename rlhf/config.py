@@ -50,6 +50,32 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ComputeConfig:
+    """Where and how a stage's models run (rlhf/accel.py). The defaults are the CPU demo's."""
+    device: str = "auto"                # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps
+    precision: str = "fp32"             # fp32 | bf16 (autocast; weights and optimiser state stay fp32)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
+
+    def __post_init__(self) -> None:
+        _check(self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, not {self.precision!r}")
+        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+               f"device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """LoRA adapters (peft) instead of full fine-tuning; r = 0 turns it off."""
+    r: int = 0                          # adapter rank; 0 = full fine-tuning
+    alpha: float = 16.0                 # scaling lora_alpha / r
+    dropout: float = 0.0                # keep 0 for PPO (dropout off: deterministic log-probs)
+    target_modules: tuple[str, ...] = ()  # module names to adapt; empty = peft's default for the architecture
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 0, "r must be >= 0")
+        _check(0 <= self.dropout < 1, "dropout must be in [0, 1)")
+
+
+@dataclass(frozen=True)
 class PrepareConfig:
     data_dir: str = "data"
     out_dir: str = "artifacts/data"
@@ -87,6 +113,7 @@ class PretrainConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     seed: int = 0
 
 
@@ -97,6 +124,8 @@ class SFTConfig:
     out_dir: str = "artifacts/models/sft"
     packing: bool = False               # concatenate whole examples into max_length blocks
     train: TrainConfig = field(default_factory=TrainConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     seed: int = 0
 
 
@@ -119,6 +148,7 @@ class CollectConfig:
     k: int = 4                           # responses sampled per prompt
     max_prompts: int = 0                 # 0 = all
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -166,6 +196,8 @@ class RewardConfig:
     normalize_samples: int = 256
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -200,6 +232,8 @@ class PPOConfig:
     missing_eos_penalty: float = 1.0    # subtracted from the score of responses cut before EOS
     value_model: str = "shared"         # shared (value head on the policy trunk, the source's design) | separate
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)   # on the policy; the reference = adapter disabled
     log_every: int = 1
     checkpoint_every: int = 0           # PPO iterations between checkpoints; 0 = none
     seed: int = 0
@@ -230,6 +264,7 @@ class EvaluateConfig:
     # simulated annotators (noise ~0.15) can resolve. reward_model_accuracy_all counts every non-equal pair.
     gold_tie_margin: float = 0.1
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     seed: int = 1234
 
 

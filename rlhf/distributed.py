@@ -64,13 +64,25 @@ def env_world() -> DistContext:
 def init() -> DistContext:
     """Join the process group when launched with WORLD_SIZE > 1 (idempotent); returns this process's context.
 
-    Backend: gloo. The training loops keep tensors on the CPU (STACK-NOTES 3: real multi-process DDP on CPU needs
-    gloo); RLHF_DIST_BACKEND overrides it for a device-placed build."""
+    Backend: nccl when CUDA is available (each rank on ``cuda:<LOCAL_RANK>``, as ``compute.device: auto`` places the
+    models), else gloo (STACK-NOTES 3: multi-process DDP on CPU needs gloo); RLHF_DIST_BACKEND overrides it (e.g. gloo
+    for CPU training on a GPU machine)."""
     ctx = env_world()
     if ctx.enabled and not dist.is_initialized():
-        dist.init_process_group(backend=os.environ.get("RLHF_DIST_BACKEND", "gloo"), init_method="env://")
+        default = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = os.environ.get("RLHF_DIST_BACKEND", default)
+        if backend == "nccl":
+            torch.cuda.set_device(ctx.local_rank % torch.cuda.device_count())
+        dist.init_process_group(backend=backend, init_method="env://")
         atexit.register(_shutdown)
     return ctx
+
+
+def _comm_device() -> torch.device:
+    """Where the small bookkeeping tensors of a collective live: nccl only reduces CUDA tensors."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _shutdown() -> None:
@@ -116,7 +128,7 @@ def sync_gradients(params: Iterable[torch.nn.Parameter], ctx: DistContext, avera
     if not ctx.enabled:
         return
     params = [p for p in params if p.requires_grad]
-    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=_comm_device())
     dist.all_reduce(has)
     for p in params:
         if p.grad is None:
@@ -139,7 +151,7 @@ def all_reduce_sum(values: Sequence[float], ctx: DistContext) -> list[float]:
     """Sum of each value over ranks (float64)."""
     if not ctx.enabled:
         return [float(v) for v in values]
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t)
     return t.tolist()
 

@@ -7,9 +7,19 @@ import torch
 
 
 def make_optimizer(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """AdamW; eps 1e-5 as in the N implementation details of RLHF (TF's default, more stable than 1e-8)."""
+    """AdamW; eps 1e-5 as in the N implementation details of RLHF (TF's default, more stable than 1e-8).
+
+    The fused kernel (CPU since torch 2.4, CUDA; 1.10-1.14x on the optimiser-heavy phases, BENCHMARKS.md) when every
+    parameter is fp32/bf16 on one device of a type it supports; else the default (foreach) implementation."""
     params = [p for p in params if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=1e-5)
+    kwargs = dict(lr=lr, weight_decay=weight_decay, eps=1e-5)
+    devices = {p.device.type for p in params}
+    if len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.dtype in (torch.float32, torch.bfloat16) for p in params):
+        try:
+            return torch.optim.AdamW(params, fused=True, **kwargs)
+        except (RuntimeError, ValueError, TypeError):   # an older torch without a fused kernel for this device
+            pass
+    return torch.optim.AdamW(params, **kwargs)
 
 
 def lr_lambda(schedule: str, total_steps: int, warmup_steps: int = 0):

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 import torch
 
+from rlhf.accel import model_device, to_device
 from rlhf.config import PPOConfig
 from rlhf.distributed import SINGLE, DistContext, all_reduce_mean, shard, sync_gradients
 from rlhf.generation import encode_prompts, gather_logprobs, sample
@@ -91,7 +92,7 @@ class PPOTrainer:
     # -- phases -----------------------------------------------------------------------------------------------------
     def rollout(self, iteration: int):
         prompts = [self.prompts[i] for i in shard(self.schedule[iteration], self.dist)]
-        q_ids, q_mask = encode_prompts(self.tok, prompts, MAX_PROMPT_TOKENS)
+        q_ids, q_mask = to_device(model_device(self.m.policy), *encode_prompts(self.tok, prompts, MAX_PROMPT_TOKENS))
         return sample(self.m.policy.lm, q_ids, q_mask, self.cfg.sampling.max_new_tokens, self.cfg.sampling.temperature,
                       self.tok.eos_token_id, self.tok.pad_token_id,
                       iteration_generator(self.dist.seed(self.cfg.seed), iteration, 1))
@@ -134,7 +135,7 @@ class PPOTrainer:
         n, grad_norms = 0, []
         self.m.policy.train()
         for _ in range(c.ppo_epochs):
-            perm = torch.randperm(B, generator=gen)
+            perm = torch.randperm(B, generator=gen).to(exp.mask.device)
             for start in range(0, B, mb):
                 for m0 in range(start, start + mb, micro):
                     loss, stats = self._minibatch_loss(exp, perm[m0:m0 + micro])

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from rlhf.accel import model_device, to_device
 from rlhf.config import TrainConfig
 from rlhf.data import encode_prompt, encode_response, pad_left
 from rlhf.distributed import SINGLE, DistContext, all_reduce_sum, shard, sync_gradients
@@ -94,9 +95,10 @@ def pairwise_terms(scores: torch.Tensor, pairs: torch.Tensor, use_margin: bool):
 def pairwise_accuracy(model, groups: list[Group], pad_id: int, batch_groups: int = 16) -> float:
     """Share of ranked pairs the model orders like the annotators."""
     model.eval()
+    dev = model_device(model)
     correct, total = 0.0, 0
     for i in range(0, len(groups), batch_groups):
-        ids, attn, pairs, _ = group_batch(groups[i:i + batch_groups], pad_id)
+        ids, attn, pairs, _ = to_device(dev, *group_batch(groups[i:i + batch_groups], pad_id))
         if len(pairs) == 0:
             continue
         _, ok = pairwise_terms(model.raw_scores(ids, attn), pairs, False)
@@ -114,6 +116,7 @@ def train_reward_model(model, groups: list[Group], cfg: TrainConfig, pad_id: int
     plan = plan_batches(len(groups), cfg, seed)
     opt, sched, start = setup_training(model, cfg, len(plan), state)
     micro = max(1, cfg.batch_size // (cfg.grad_accum * dist.world_size))
+    dev = model_device(model)
     t0, n_pairs = time.perf_counter(), 0
     model.train()
     for step in range(start, len(plan)):
@@ -123,7 +126,7 @@ def train_reward_model(model, groups: list[Group], cfg: TrainConfig, pad_id: int
         local = shard(idx, dist)
         loss_sum, correct = 0.0, 0.0
         for j in range(0, len(local), micro):
-            ids, attn, pairs, targets = group_batch([groups[i] for i in local[j:j + micro]], pad_id)
+            ids, attn, pairs, targets = to_device(dev, *group_batch([groups[i] for i in local[j:j + micro]], pad_id))
             scores = model.raw_scores(ids, attn)                                   # (N,)
             pl, ok = pairwise_terms(scores, pairs, use_margin) if len(pairs) else (scores[:0], scores[:0])
             loss = pl.sum() if loss_type == "pairwise" else ((scores - targets) ** 2).sum()
@@ -150,14 +153,15 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], ende
                 batch_size: int = 64, normalized: bool = True) -> torch.Tensor:
     """Scores (N,) of prompt/response texts."""
     model.eval()
+    dev = model_device(model)
     out = []
     for i in range(0, len(prompts), batch_size):
         seqs = []
         for p, r, e in zip(prompts[i:i + batch_size], responses[i:i + batch_size], ended[i:i + batch_size]):
             rid = encode_response(tokenizer, r, add_eos=e)[: max_length - 1]
             seqs.append(encode_prompt(tokenizer, p, max_length - len(rid)) + rid)
-        ids, attn = pad_left(seqs, tokenizer.pad_token_id)
-        out.append(model(ids, attn) if normalized else model.raw_scores(ids, attn))
+        ids, attn = to_device(dev, *pad_left(seqs, tokenizer.pad_token_id))
+        out.append((model(ids, attn) if normalized else model.raw_scores(ids, attn)).cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 

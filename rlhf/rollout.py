@@ -11,10 +11,9 @@ import torch
 
 from rlhf.advantages import gae, whiten_advantages
 from rlhf.data import pad_left
-from rlhf.generation import Rollout, gather_logprobs, response_logits
+from rlhf.generation import Rollout, gather_logprobs, lm_response_logits, supports_logits_to_keep
 from rlhf.logprobs import entropy_from_logits
 from rlhf.masking import masked_mean
-from rlhf.modeling import position_ids_from_mask
 from rlhf.rewards import apply_missing_eos_penalty, shape_rewards
 
 
@@ -38,16 +37,20 @@ class Experience:
 
 def policy_forward(policy, ids: torch.Tensor, attn: torch.Tensor, context_length: int, temperature: float):
     """Shared-trunk forward: (response logits (B, R, V), values (B, R)). The value of the state that emits
-    response token t is read at position context_length - 1 + t (as TRL: vpred[:, context_length - 1 : -1])."""
-    logits, values = policy(ids, attn)                                    # (B, T, V), (B, T)
-    return response_logits(logits, context_length, temperature), values[:, context_length - 1:-1]
+    response token t is read at position context_length - 1 + t (as TRL: vpred[:, context_length - 1 : -1]).
+    Only the positions that predict response tokens are projected onto the vocabulary (``logits_to_keep``)."""
+    n = ids.size(1) - context_length + 1
+    keep = n if supports_logits_to_keep(policy.lm) else 0
+    logits, values = policy(ids, attn, logits_to_keep=keep)               # (B, n or T, V), (B, T)
+    return logits[:, -n:-1] / temperature, values[:, context_length - 1:-1]
 
 
 def repack_for_reward(rollout: Rollout, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt + response real tokens, left-padded again so the last real token (EOS when it ended) is last."""
     ids, attn = rollout.full()
     seqs = [row[m.bool()].tolist() for row, m in zip(ids, attn)]
-    return pad_left(seqs, pad_id)
+    r_ids, r_attn = pad_left(seqs, pad_id)
+    return r_ids.to(ids.device), r_attn.to(ids.device)
 
 
 @torch.no_grad()
@@ -66,8 +69,7 @@ def make_experience(policy, ref_model, reward_model, rollout: Rollout, *, temper
     if value_model is not None:
         values = value_model(ids, attn)[:, ctx - 1:-1]
     with torch.inference_mode():
-        ref_out = ref_model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn))
-        ref_logprobs = gather_logprobs(response_logits(ref_out.logits, ctx, temperature), rollout.response_ids)
+        ref_logprobs = gather_logprobs(lm_response_logits(ref_model, ids, attn, ctx, temperature), rollout.response_ids)
         r_ids, r_attn = repack_for_reward(rollout, pad_id)
         raw_scores = reward_model(r_ids, r_attn).float()                     # (B,)
     ref_logprobs, raw_scores = ref_logprobs.clone(), raw_scores.clone()      # leave inference mode

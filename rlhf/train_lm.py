@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from rlhf.accel import model_device, to_device
 from rlhf.config import TrainConfig
 from rlhf.data import batches, encode_prompt, encode_response, pad_left
 from rlhf.distributed import SINGLE, DistContext, all_reduce_sum, shard, sync_gradients
@@ -78,9 +79,10 @@ def evaluate_nll(model, examples: list[Example], pad_id: int, batch_size: int = 
                  dist: DistContext = SINGLE) -> float:
     """Mean per-token NLL on ``examples`` (each rank scores its share of the batches; the sums are all-reduced)."""
     model.eval()
+    dev = model_device(model)
     total, count = 0.0, 0.0
     for idx in shard(batches(len(examples), batch_size, shuffle=False), dist):
-        ids, attn, lm = pad_left([examples[i].ids for i in idx], pad_id, [examples[i].mask for i in idx])
+        ids, attn, lm = to_device(dev, *pad_left([examples[i].ids for i in idx], pad_id, [examples[i].mask for i in idx]))
         s, n = nll_sum(model, ids, attn, lm)
         total, count = total + float(s), count + n
     total, count = all_reduce_sum([total, count], dist)
@@ -110,6 +112,7 @@ def train_causal_lm(model, examples: list[Example], cfg: TrainConfig, pad_id: in
     plan = plan_batches(len(examples), cfg, seed)
     opt, sched, start = setup_training(model, cfg, len(plan), state)
     micro = max(1, cfg.batch_size // (cfg.grad_accum * dist.world_size))
+    dev = model_device(model)
     t0, tokens, last_loss = time.perf_counter(), 0, float("nan")
     model.train()
     for step in range(start, len(plan)):
@@ -119,7 +122,8 @@ def train_causal_lm(model, examples: list[Example], cfg: TrainConfig, pad_id: in
         loss_total = 0.0
         for j in range(0, len(local), micro):
             part = local[j:j + micro]
-            ids, attn, lm = pad_left([examples[i].ids for i in part], pad_id, [examples[i].mask for i in part])
+            ids, attn, lm = to_device(dev, *pad_left([examples[i].ids for i in part], pad_id,
+                                                     [examples[i].mask for i in part]))
             s, _ = nll_sum(model, ids, attn, lm)
             (s / max(n_targets, 1)).backward()          # token mean over the whole batch, not per micro-batch
             loss_total += s.item()

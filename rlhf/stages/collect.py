@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlhf import accel
 from rlhf.config import CollectConfig
 from rlhf.data import load_jsonl, write_json
 from rlhf.generation import sample_responses
@@ -30,7 +31,8 @@ def run(cfg: CollectConfig, on_log=None) -> StageResult:
     if cfg.max_prompts:
         prompts = prompts[:cfg.max_prompts]
     tok = load_tokenizer(cfg.model_path)
-    model = load_causal_lm(cfg.model_path, tok)
+    device = accel.resolve_device(cfg.compute.device, key="collect.compute.device")
+    model = accel.prepare(load_causal_lm(cfg.model_path, tok), device, cfg.compute, trainable=False)
     repeated = [p for p in prompts for _ in range(cfg.k)]                       # K consecutive copies per prompt
     s = cfg.sampling
     texts, ended = sample_responses(model, tok, repeated, s.max_new_tokens, s.temperature, s.batch_size, cfg.seed,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from rlhf import accel
+from rlhf.accel import model_device, to_device
 from rlhf.config import EvaluateConfig
 from rlhf.data import encode_prompt, encode_response, load_jsonl, pad_left, write_jsonl
 from rlhf.demo.judge import GoldJudge
@@ -37,9 +39,10 @@ def sequence_logprob(model, tok, prompts, responses, ended, temperature: float, 
         for j, x in enumerate(r):
             r_ids[j, :len(x)], r_mask[j, :len(x)] = torch.tensor(x), 1
         ids, attn = torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1)
+        ids, attn, r_ids, r_mask = to_device(model_device(model), ids, attn, r_ids, r_mask)
         logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn)).logits
         lp = gather_logprobs(response_logits(logits, q_ids.size(1), temperature), r_ids)
-        out.append((lp * r_mask).sum(1))
+        out.append((lp * r_mask).sum(1).cpu())
     return torch.cat(out)
 
 
@@ -68,7 +71,9 @@ def run(cfg: EvaluateConfig, on_log=None) -> StageResult:
     prompts = [r["prompt"] for r in load_jsonl(cfg.prompts)][: cfg.max_prompts]
     judge = GoldJudge.from_corpus(cfg.corpus)
     tok = load_tokenizer(cfg.sft_path)
-    sft, policy = load_causal_lm(cfg.sft_path, tok).eval(), load_causal_lm(cfg.policy_path, tok).eval()
+    device = accel.resolve_device(cfg.compute.device, key="evaluate.compute.device")
+    sft, policy = (accel.prepare(load_causal_lm(p, tok).eval(), device, cfg.compute, trainable=False)
+                   for p in (cfg.sft_path, cfg.policy_path))
     s = cfg.sampling
     done = [0]
 
@@ -83,7 +88,8 @@ def run(cfg: EvaluateConfig, on_log=None) -> StageResult:
     gold_sft, gold_pol = judge.score_many(prompts, sft_txt, sft_end), judge.score_many(prompts, pol_txt, pol_end)
     kl = (sequence_logprob(policy, tok, prompts, pol_txt, pol_end, s.temperature)
           - sequence_logprob(sft, tok, prompts, pol_txt, pol_end, s.temperature))
-    reward = RewardModel.from_pretrained(cfg.reward_path).eval()
+    reward = RewardModel.from_pretrained(cfg.reward_path).eval().to(device)
+    accel.prepare(reward.trunk, device, cfg.compute, trainable=False)
     rep = [p for p in prompts for _ in range(RM_PAIRS_K)]
     k_txt, k_end = sample_responses(sft, tok, rep, s.max_new_tokens, s.temperature, s.batch_size, cfg.seed + 1,
                                     on_progress=progress)

@@ -2,10 +2,12 @@
 
 Checkpoints every ``ppo.checkpoint_every`` iterations into ``<out_dir>.ckpt/`` (policy and value weights, optimizer,
 scheduler, KL controller, iteration, RNG states, logged rows) and resumes from the newest one, with the same result
-as an uninterrupted run; runs data-parallel under torchrun / accelerate launch (rank 0 writes the model)."""
+as an uninterrupted run; runs data-parallel under torchrun / accelerate launch (rank 0 writes the model).
+``ppo.compute`` / ``ppo.lora`` (rlhf/accel.py): device, bf16, gradient checkpointing; with LoRA the reference policy is
+the policy itself with its adapter disabled, and the adapter is merged into the saved model."""
 from __future__ import annotations
 
-from rlhf import distributed
+from rlhf import accel, distributed
 from rlhf.checkpoint import CheckpointManager, atomic_output_dir, fingerprint, inputs_signature, resume
 from rlhf.config import PPOConfig
 from rlhf.data import load_jsonl
@@ -14,15 +16,32 @@ from rlhf.ppo import PPOModels, PPOTrainer
 from rlhf.stages.common import Recorder, StageResult, save_tokenizer_and_model, seed_everything
 
 
-def build_models(cfg: PPOConfig, tok) -> PPOModels:
-    policy = PolicyWithValueHead(load_causal_lm(cfg.policy_path, tok))
-    ref = load_causal_lm(cfg.policy_path, tok).eval()
-    reward = RewardModel.from_pretrained(cfg.reward_path).eval()
+def build_models(cfg: PPOConfig, tok, device=None) -> PPOModels:
+    """Policy (+ value head), frozen reference, frozen reward model and the optional critic, on ``device`` with the
+    ``ppo.compute`` switches. LoRA (``ppo.lora.r`` > 0): adapters on the policy (and on the critic's trunk); the
+    reference is the same weights with the adapter disabled, so no second copy of the model is held."""
+    import torch
+
+    device = device or torch.device("cpu")
+    lm = load_causal_lm(cfg.policy_path, tok)
+    if cfg.lora.r:
+        lm = accel.apply_lora(lm, cfg.lora, causal_lm=True)
+        ref = accel.AdapterDisabled(lm)
+    else:
+        ref = accel.prepare(load_causal_lm(cfg.policy_path, tok).eval(), device, cfg.compute, trainable=False)
+    policy = PolicyWithValueHead(lm).to(device)
+    accel.prepare(lm, device, cfg.compute)
+    reward = RewardModel.from_pretrained(cfg.reward_path).eval().to(device)
+    accel.prepare(reward.trunk, device, cfg.compute, trainable=False)
     value_model = None
     if cfg.value_model == "separate":
         # A critic initialised from the reward model (TRL's PPO default): its trunk, a fresh per-token value head.
         from rlhf.modeling import CriticModel
         value_model = CriticModel.from_reward_model(cfg.reward_path)
+        if cfg.lora.r:
+            value_model.trunk = accel.apply_lora(value_model.trunk, cfg.lora, causal_lm=False)
+        value_model.to(device)
+        accel.prepare(value_model.trunk, device, cfg.compute)
     return PPOModels(policy, ref, reward, value_model)
 
 
@@ -37,10 +56,11 @@ def trainable(models: PPOModels) -> dict:
 def run(cfg: PPOConfig, on_log=None) -> StageResult:
     seed_everything(cfg.seed)
     dist = distributed.init()
+    device = accel.resolve_device(cfg.compute.device, dist.local_rank, "ppo.compute.device")
     tok = load_tokenizer(cfg.policy_path)
     prompts = [r["prompt"] for r in load_jsonl(cfg.prompts)]
     rec = Recorder(on_log if dist.is_main else None)
-    models = build_models(cfg, tok)
+    models = build_models(cfg, tok, device)
     for module in trainable(models).values():
         distributed.broadcast_parameters(module, dist)
     trainer = PPOTrainer(cfg, models, tok, prompts, on_log=rec, dist=dist)
@@ -58,6 +78,7 @@ def run(cfg: PPOConfig, on_log=None) -> StageResult:
     distributed.assert_in_sync(trainer.m.policy, dist)
     if dist.is_main:
         with atomic_output_dir(cfg.out_dir) as tmp:
+            trainer.m.policy.lm = accel.merge_lora(trainer.m.policy.lm, tmp / accel.ADAPTER_DIR)
             save_tokenizer_and_model(trainer.m.policy, tok, tmp)
     ckpt.clear()
     distributed.barrier(dist)

@@ -1,9 +1,16 @@
 """pretrain: a byte-level BPE tokenizer and a small GPT-2 trained from scratch on the corpus (seed, step 1);
-or, when ``pretrain.model_path`` names a local Hugging Face checkpoint, that model instead."""
+or, when ``pretrain.model_path`` names a local Hugging Face checkpoint, that model instead.
+
+Checkpoints every ``pretrain.train.checkpoint_every`` steps into ``<out_dir>.ckpt/`` and resumes from the newest one
+(the tokenizer is retrained: BPE training is deterministic for the same corpus, and the checkpoint's fingerprint
+includes the corpus files); runs data-parallel under torchrun / accelerate launch like sft; ``pretrain.compute``
+places the model and switches on bf16 and gradient checkpointing (rlhf/accel.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from rlhf import accel, distributed
+from rlhf.checkpoint import CheckpointManager, atomic_output_dir, fingerprint, inputs_signature, resume, step_saver
 from rlhf.config import PretrainConfig
 from rlhf.data import load_jsonl
 from rlhf.modeling import build_gpt2, load_causal_lm, load_tokenizer, train_tokenizer
@@ -19,18 +26,34 @@ def run(cfg: PretrainConfig, on_log=None) -> StageResult:
             raise FileNotFoundError(f"pretrain.model_path: {cfg.model_path} is not a local model folder")
         tok = load_tokenizer(cfg.model_path)
         model = load_causal_lm(cfg.model_path, tok)
-        save_tokenizer_and_model(model, tok, out)
+        with atomic_output_dir(out) as tmp:
+            save_tokenizer_and_model(model, tok, tmp)
         # plots stays declared (dvc.yaml lists plots/pretrain/loss.json): an empty curve, not a missing file.
         return StageResult({"n_params": n_params(model), "from_checkpoint": 1.0}, plots={"loss": []},
                            outputs={"model": str(out)})
-    train = [r["text"] for r in load_jsonl(Path(cfg.data_dir) / "corpus_train.jsonl")]
-    val = [r["text"] for r in load_jsonl(Path(cfg.data_dir) / "corpus_val.jsonl")]
+    dist = distributed.init()
+    device = accel.resolve_device(cfg.compute.device, dist.local_rank, "pretrain.compute.device")
+    data = Path(cfg.data_dir)
+    train = [r["text"] for r in load_jsonl(data / "corpus_train.jsonl")]
+    val = [r["text"] for r in load_jsonl(data / "corpus_val.jsonl")]
     tok = train_tokenizer(train, cfg.tokenizer)
     model = build_gpt2(cfg.model, tok, cfg.seed)
+    accel.prepare(model, device, cfg.compute)
+    distributed.broadcast_parameters(model, dist)
     block = min(cfg.train.max_length, cfg.model.n_positions)
-    rec = Recorder(on_log)
+    rec = Recorder(on_log if dist.is_main else None)
+    ckpt = CheckpointManager(out, cfg.train.checkpoint_every, is_main=dist.is_main, fingerprint=fingerprint(
+        cfg, dist.world_size, inputs_signature(data / "corpus_train.jsonl", data / "corpus_val.jsonl")))
+    models = {"model": model}
+    state = resume(ckpt, models, rec)
     metrics = train_causal_lm(model, pack_corpus(tok, train, block), cfg.train, tok.pad_token_id, cfg.seed,
-                              val_examples=pack_corpus(tok, val, block), on_log=rec)
-    save_tokenizer_and_model(model, tok, out)
+                              val_examples=pack_corpus(tok, val, block), on_log=rec, state=state,
+                              on_step_end=step_saver(ckpt, models, rec), dist=dist)
+    distributed.assert_in_sync(model, dist)
+    if dist.is_main:
+        with atomic_output_dir(out) as tmp:
+            save_tokenizer_and_model(model, tok, tmp)
+    ckpt.clear()
+    distributed.barrier(dist)
     metrics.update({"n_params": n_params(model), "vocab_size": len(tok), "from_checkpoint": 0.0})
     return StageResult(metrics, plots={"loss": rec.rows}, outputs={"model": str(out)})

@@ -2,12 +2,13 @@
 its output on reference-policy samples (seed, step 2).
 
 Checkpoints every ``reward.train.checkpoint_every`` steps into ``<out_dir>.ckpt/`` and resumes from the newest one;
-trains data-parallel under torchrun / accelerate launch (rank 0 evaluates, normalises and writes the model)."""
+trains data-parallel under torchrun / accelerate launch (rank 0 evaluates, normalises and writes the model);
+``reward.compute`` / ``reward.lora``: device, bf16, gradient checkpointing and LoRA on the trunk (rlhf/accel.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf import distributed
+from rlhf import accel, distributed
 from rlhf.checkpoint import CheckpointManager, atomic_output_dir, fingerprint, inputs_signature, resume, step_saver
 from rlhf.config import RewardConfig
 from rlhf.data import load_jsonl
@@ -25,7 +26,7 @@ def normalize(model, tok, cfg: RewardConfig) -> dict:
     """Sample from the reference (SFT) policy and set gain/bias so those samples score mean 0, std 1."""
     prompts = [r["prompt"] for r in load_jsonl(cfg.prompts)]
     prompts = (prompts * (cfg.normalize_samples // max(len(prompts), 1) + 1))[:cfg.normalize_samples]
-    policy = load_causal_lm(cfg.model_path, tok)
+    policy = accel.prepare(load_causal_lm(cfg.model_path, tok), accel.model_device(model), cfg.compute, trainable=False)
     s = cfg.sampling
     texts, ended = sample_responses(policy, tok, prompts, s.max_new_tokens, s.temperature, s.batch_size, cfg.seed + 1)
     raw = score_texts(model, tok, prompts, texts, ended, cfg.train.max_length, normalized=False)
@@ -35,9 +36,14 @@ def normalize(model, tok, cfg: RewardConfig) -> dict:
 def run(cfg: RewardConfig, on_log=None) -> StageResult:
     seed_everything(cfg.seed)
     dist = distributed.init()
+    device = accel.resolve_device(cfg.compute.device, dist.local_rank, "reward.compute.device")
     data = Path(cfg.data_dir)
     tok = load_tokenizer(cfg.model_path)
     model = RewardModel.from_causal_lm_path(cfg.model_path, tok)
+    if cfg.lora.r:
+        model.trunk = accel.apply_lora(model.trunk, cfg.lora, causal_lm=False)
+    model.to(device)
+    accel.prepare(model.trunk, device, cfg.compute)
     distributed.broadcast_parameters(model, dist)
     elo = load_elo(data / "elo.jsonl") if cfg.loss == "elo" else None
     train = encode_groups(tok, load_jsonl(data / "rankings_train.jsonl"), cfg.train.max_length, elo)
@@ -58,6 +64,7 @@ def run(cfg: RewardConfig, on_log=None) -> StageResult:
         if cfg.normalize:
             metrics.update(normalize(model, tok, cfg))
         with atomic_output_dir(cfg.out_dir) as tmp:
+            model.trunk = accel.merge_lora(model.trunk, tmp / accel.ADAPTER_DIR)
             save_tokenizer_and_model(model, tok, tmp)
     ckpt.clear()
     distributed.barrier(dist)

@@ -1,12 +1,13 @@
 """sft: supervised fine-tuning on demonstrations, loss on the response tokens and EOS only (seed, step 1).
 
 Checkpoints every ``sft.train.checkpoint_every`` steps into ``<out_dir>.ckpt/`` and resumes from the newest one;
-runs data-parallel under torchrun / accelerate launch (rank 0 writes the model)."""
+runs data-parallel under torchrun / accelerate launch (rank 0 writes the model); ``sft.compute`` and ``sft.lora``
+place the model and switch on bf16, gradient checkpointing and LoRA (rlhf/accel.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf import distributed
+from rlhf import accel, distributed
 from rlhf.checkpoint import CheckpointManager, atomic_output_dir, fingerprint, inputs_signature, resume, step_saver
 from rlhf.config import SFTConfig
 from rlhf.data import load_jsonl
@@ -18,8 +19,12 @@ from rlhf.train_lm import pack_sft, sft_examples, train_causal_lm
 def run(cfg: SFTConfig, on_log=None) -> StageResult:
     seed_everything(cfg.seed)
     dist = distributed.init()
+    device = accel.resolve_device(cfg.compute.device, dist.local_rank, "sft.compute.device")
     tok = load_tokenizer(cfg.model_path)
     model = load_causal_lm(cfg.model_path, tok)
+    if cfg.lora.r:
+        model = accel.apply_lora(model, cfg.lora, causal_lm=True)
+    accel.prepare(model, device, cfg.compute)
     distributed.broadcast_parameters(model, dist)
     data = Path(cfg.data_dir)
     train = sft_examples(tok, load_jsonl(data / "sft_train.jsonl"), cfg.train.max_length)
@@ -36,7 +41,7 @@ def run(cfg: SFTConfig, on_log=None) -> StageResult:
     distributed.assert_in_sync(model, dist)
     if dist.is_main:
         with atomic_output_dir(cfg.out_dir) as tmp:
-            save_tokenizer_and_model(model, tok, tmp)
+            save_tokenizer_and_model(accel.merge_lora(model, tmp / accel.ADAPTER_DIR), tok, tmp)
     ckpt.clear()
     distributed.barrier(dist)
     return StageResult(metrics, plots={"loss": rec.rows}, outputs={"model": cfg.out_dir})

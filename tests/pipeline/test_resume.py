@@ -1,7 +1,7 @@
 """Crash-safe resume, for real: the Prefect flow (`rlhf run`) is SIGKILLed in the middle of PPO, after its first
 checkpoint; a rerun skips every stage dvc.lock already holds, resumes PPO from the checkpoint inside the SAME MLflow
-run, and ends with exactly the metrics, plot rows and weights of an uninterrupted PPO run. The same for the SFT stage
-started on its own (`rlhf stage sft`). Everything is real: subprocesses, SIGKILL, DVC, MLflow (SQLite), Prefect.
+run, and ends with exactly the metrics, plot rows and weights of an uninterrupted PPO run. The same for the SFT and
+pretrain stages started on their own (`rlhf stage sft`, `rlhf stage pretrain`). Everything is real: subprocesses, SIGKILL, DVC, MLflow (SQLite), Prefect.
 
 Equality is exact on CPU (same seed, same thread count): only wall-clock metrics (seconds, per-second rates) differ.
 """
@@ -29,7 +29,8 @@ TIMING = ("seconds", "per_s", "time/")          # wall-clock metrics: the only o
 # Long enough that a kill lands between the first checkpoint and the end, still seconds on one thread. The flow
 # keeps the tiny SFT (what test_pipeline runs); the SFT test runs its own longer configuration.
 RESUME_PARAMS = {"ppo": {"total_episodes": 240, "rollout_batch_size": 8, "checkpoint_every": 5}}
-SFT_LONG = {"train": {"epochs": 12, "checkpoint_every": 10, "log_every": 5}}
+LONG = {"sft": {"train": {"epochs": 12, "checkpoint_every": 10, "log_every": 5}},
+        "pretrain": {"train": {"epochs": 6, "checkpoint_every": 10, "log_every": 5}}}
 
 
 # -- a throwaway project (shared with test_distributed and test_schedule) ------------------------------------------
@@ -207,41 +208,45 @@ def test_resumed_ppo_equals_an_uninterrupted_run(crashed, rerun):
           f"first flow {crashed['first_seconds']:.0f}s, rerun {rerun['seconds']:.0f}s")
 
 
-def test_sft_stage_killed_and_restarted_equals_uninterrupted(crashed):
-    """`rlhf stage sft` on its own (what dvc repro runs), in a copy of the project, on a longer SFT: SIGKILL after the
-    first checkpoint, start again: same MLflow run, same metrics, plot rows and weights as an uninterrupted run."""
+@pytest.mark.parametrize("stage,plot", [("sft", "loss"), ("pretrain", "loss")])
+def test_training_stage_killed_and_restarted_equals_uninterrupted(crashed, stage, plot):
+    """`rlhf stage sft` (and `pretrain`) on its own (what dvc repro runs), in a copy of the project, on a longer run:
+    SIGKILL after the first checkpoint, start again: same MLflow run, same metrics, plot rows and weights as an
+    uninterrupted run."""
     from mlflow.entities import RunStatus
     tmp = crashed["tmp"]
-    repo = tmp / "sft_copy"
+    repo = tmp / f"{stage}_copy"
     shutil.copytree(crashed["repo"], repo, symlinks=True)
     env = {**crashed["env"], "DVC_SITE_CACHE_DIR": str(repo / ".dvc/tmp/site_cache")}
-    write_params(repo / "params_sft_base.yaml", repo / "params.yaml", {"sft": {**SFT_LONG, "out_dir": "artifacts/models/sft_base"}})
-    run(["rlhf", "stage", "sft", "--params", "params_sft_base.yaml"], repo,
-        {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'sft_base.db'}"})
-    base_metrics = json.loads((repo / "metrics/sft.json").read_text())
-    base_plot = plot_rows(repo / "plots/sft/loss.json")
+    write_params(repo / "params_base.yaml", repo / "params.yaml",
+                 {stage: {**LONG[stage], "out_dir": f"artifacts/models/{stage}_base"}})
+    run(["rlhf", "stage", stage, "--params", "params_base.yaml"], repo,
+        {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / f'{stage}_base.db'}"})
+    base_metrics = json.loads((repo / f"metrics/{stage}.json").read_text())
+    base_plot = plot_rows(repo / f"plots/{stage}/{plot}.json")
 
-    write_params(repo / "params_sft.yaml", repo / "params.yaml", {"sft": {**SFT_LONG, "out_dir": "artifacts/models/sft_b"}})
-    uri = f"sqlite:///{tmp / 'sft.db'}"
+    write_params(repo / "params_b.yaml", repo / "params.yaml",
+                 {stage: {**LONG[stage], "out_dir": f"artifacts/models/{stage}_b"}})
+    uri = f"sqlite:///{tmp / f'{stage}.db'}"
     env["MLFLOW_TRACKING_URI"] = uri
-    cmd = ["rlhf", "stage", "sft", "--params", "params_sft.yaml"]
-    log = tmp / "sft1.log"
-    step = kill_after_first_checkpoint(start(cmd, repo, env, log), repo / "artifacts/models/sft_b.ckpt", log)
-    client, runs = mlflow_runs(uri, "sft")
+    cmd = ["rlhf", "stage", stage, "--params", "params_b.yaml"]
+    log = tmp / f"{stage}1.log"
+    step = kill_after_first_checkpoint(start(cmd, repo, env, log), repo / f"artifacts/models/{stage}_b.ckpt", log)
+    client, runs = mlflow_runs(uri, stage)
     assert len(runs) == 1 and runs[0].info.status == RunStatus.to_string(RunStatus.RUNNING)
     out = run(cmd, repo, env)
     assert f"(step {step})" in out.stderr and "continuing MLflow run" in out.stderr
-    client, runs = mlflow_runs(uri, "sft")
+    client, runs = mlflow_runs(uri, stage)
     assert len(runs) == 1 and runs[0].info.status == RunStatus.to_string(RunStatus.FINISHED)
-    resumed = json.loads((repo / "metrics/sft.json").read_text())
+    resumed = json.loads((repo / f"metrics/{stage}.json").read_text())
     assert without_timing(resumed) == without_timing(base_metrics)
     assert resumed["steps"] > step                                          # the kill was mid-run
-    assert plot_rows(repo / "plots/sft/loss.json") == base_plot
-    assert_same_weights(repo / "artifacts/models/sft_b", repo / "artifacts/models/sft_base")
+    assert plot_rows(repo / f"plots/{stage}/{plot}.json") == base_plot
+    assert_same_weights(repo / f"artifacts/models/{stage}_b", repo / f"artifacts/models/{stage}_base")
     steps = {m.step for m in client.get_metric_history(runs[0].info.run_id, "loss/train")}
     assert steps == {r["step"] for r in base_plot}
-    assert not (repo / "artifacts/models/sft_b.ckpt").exists()
-    print(f"\nsft resumed at step {step} of {resumed['steps']}: metrics identical")
+    assert not (repo / f"artifacts/models/{stage}_b.ckpt").exists()
+    print(f"\n{stage} resumed at step {step} of {resumed['steps']}: metrics identical")
 
 
 PIPELINE_CONTINUES_PARENT = "pipeline_run" in (ROOT / "flows" / "pipeline.py").read_text()
