@@ -230,38 +230,44 @@ def report(res: dict) -> str:
             "gain per 1000 episodes (slope) +- se |")
         add("|---|---|---|---|")
         for name, v in g.items():
-            add(f"| {name} ({len(v['runs'])} run(s), {int(v['iterations'])} iterations) | {v['gold_first_k']:.3f} | "
-                f"{v['gold_last_k']:.3f} +- {v['gold_last_k_se']:.3f} | {v['gold_gain_per_1k_episodes']:+.3f} +- "
-                f"{v['gold_gain_per_1k_episodes_se']:.3f} |")
-    ab = res.get("ablations", {}).get("ppo")
-    if ab:
+            add(f"| {name} ({len(v.get('runs', [])) or 1} run(s), {int(v.get('iterations', 0))} iterations) | "
+                f"{fmt(v.get('gold_first_k'), '.3f')} | {fmt(v.get('gold_last_k'), '.3f')} +- "
+                f"{fmt(v.get('gold_last_k_se'), '.3f')} | {fmt(v.get('gold_gain_per_1k_episodes'), '+.3f')} +- "
+                f"{fmt(v.get('gold_gain_per_1k_episodes_se'), '.3f')} |")
+    ab = res.get("ablations") or {}
+    if ab.get("ppo", {}).get("speedup_is") or ab.get("sft", {}).get("speedup_is"):
+        ablation_table(ab, add)
+    elif ab.get("ppo"):                     # an earlier run's format: ablations of PPO only, speedup = default/variant
+        ab = ab["ppo"]
         add("")
-        add(f"Ablations: what each existing optimisation buys (ours, A/B in one process, {ab['rounds']} rotated rounds, "
-            "median s per PPO iteration phase; slowdown = variant time / default time):")
+        add(f"Ablations: what each existing optimisation buys (ours, A/B in one process, {ab.get('rounds', '')} "
+            "rotated rounds, median s per PPO iteration phase; slowdown = variant time / default time):")
         add("")
         add("| variant (one optimisation off) | generation s | scoring s | optimisation s | iteration s | decode steps | "
             "slowdown |")
         add("|---|---|---|---|---|---|---|")
-        for name, v in ab["variants"].items():
-            add(f"| {name} | {v['generation_s']:.3f} | {v['scoring_s']:.3f} | {v['optimization_s']:.3f} | "
-                f"{v['iteration_s']:.3f} | {v['decode_steps']:.1f} | {1 / v['speedup']:.2f}x |")
+        for name, v in ab.get("variants", {}).items():
+            add(f"| {name} | {fmt(v.get('generation_s'), '.3f')} | {fmt(v.get('scoring_s'), '.3f')} | "
+                f"{fmt(v.get('optimization_s'), '.3f')} | {fmt(v.get('iteration_s'), '.3f')} | "
+                f"{fmt(v.get('decode_steps'), '.1f')} | {fmt(inv(v.get('speedup')), '.2f')}x |")
     pr = res.get("proposals")
-    if pr:
+    if pr:                                  # an earlier run's format (before the proposals were applied to the core)
         add("")
-        add(f"Proposed core speed-ups, A/B on the same process ({pr.get('ppo', pr.get('sft', {})).get('rounds', '')} "
-            "rotated rounds, median; speed-up = default time / variant time):")
+        add(f"Proposed core speed-ups (an earlier run, before they were applied), A/B on the same process "
+            f"({pr.get('ppo', pr.get('sft', {})).get('rounds', '')} rotated rounds, median; speed-up = default time / "
+            "variant time):")
         add("")
         add("| SFT variant | s per 40 steps | speed-up |")
         add("|---|---|---|")
         for name, v in pr.get("sft", {}).get("variants", {}).items():
-            add(f"| {name} | {v['median_s']:.3f} | {v['speedup']:.2f}x |")
+            add(f"| {name} | {fmt(v.get('median_s'), '.3f')} | {fmt(v.get('speedup'), '.2f')}x |")
         add("")
         add("| PPO variant | generation s | scoring s | optimisation s | iteration s | speed-up |")
         add("|---|---|---|---|---|---|")
         for name, v in pr.get("ppo", {}).get("variants", {}).items():
-            add(f"| {name} | {v['generation_s']:.3f} ({v['generation_speedup']:.2f}x) | {v['scoring_s']:.3f} "
-                f"({v['scoring_speedup']:.2f}x) | {v['optimization_s']:.3f} ({v['optimization_speedup']:.2f}x) | "
-                f"{v['iteration_s']:.3f} | {v['speedup']:.2f}x |")
+            cell = lambda k: f"{fmt(v.get(k + '_s'), '.3f')} ({fmt(v.get(k + '_speedup'), '.2f')}x)"  # noqa: E731
+            add(f"| {name} | {cell('generation')} | {cell('scoring')} | {cell('optimization')} | "
+                f"{fmt(v.get('iteration_s'), '.3f')} | {fmt(v.get('speedup'), '.2f')}x |")
     p = res.get("pipeline")
     if p:
         add("")
@@ -279,6 +285,37 @@ def report(res: dict) -> str:
         add("Per stage (compute / task incl. tracking): " + ", ".join(
             f"{s} {p['stage_compute_s'].get(s, 0):.1f}/{p['parent_seconds'].get(s, 0):.1f}" for s in p["parent_seconds"]))
     return "\n".join(L)
+
+
+def inv(x):
+    return 1 / x if x else None
+
+
+def ablation_table(ab: dict, add) -> None:
+    """ablations.py's results: one row per variant (one optimisation switched off); each ratio is variant time /
+    default time, i.e. what that optimisation buys (> 1: it helps)."""
+    sft, ppo = ab.get("sft", {}).get("variants", {}), ab.get("ppo", {}).get("variants", {})
+    rounds = ab.get("ppo", ab.get("sft", {})).get("rounds", "")
+    add("")
+    add(f"What each optimisation buys (ours, A/B in one process, {rounds} rotated rounds after a warm-up, medians; "
+        "each ratio = time with that optimisation off / time of the core as it is; > 1: the optimisation helps):")
+    add("")
+    add("| variant | optimisation switched off | SFT (40 steps) | PPO generation | PPO scoring | PPO optimisation | "
+        "PPO iteration | decode steps |")
+    add("|---|---|---|---|---|---|---|---|")
+    for name in list(ppo) + [n for n in sft if n not in ppo]:
+        s, p = sft.get(name, {}), ppo.get(name, {})
+        what = p.get("optimisation") or s.get("optimisation") or ""
+        r = lambda key: f"{fmt(p.get(key), '.2f')}x" if p.get(key) is not None else ""  # noqa: E731
+        add(f"| {name} | {what} | {fmt(s.get('speedup'), '.2f') + 'x' if s.get('speedup') is not None else ''} | "
+            f"{r('generation_speedup')} | {r('scoring_speedup')} | {r('optimization_speedup')} | {r('speedup')} | "
+            f"{fmt(p.get('decode_steps'), '.1f') if p else ''} |")
+    d = ppo.get("default")
+    if d:
+        add("")
+        add(f"Default (the core) per PPO iteration: generation {d['generation_s']:.3f} s, scoring {d['scoring_s']:.3f} s, "
+            f"optimisation {d['optimization_s']:.3f} s, iteration {d['iteration_s']:.3f} s"
+            + (f"; SFT {sft['default']['median_s']:.3f} s per 40 steps." if "default" in sft else "."))
 
 
 def pct_iter(runs, q: float):
@@ -316,9 +353,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reward-steps", type=int, default=0, help="default: one epoch of the rankings")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each PPO/RLOO measurement")
     ap.add_argument("--short-repeats", type=int, default=3, help="runs of each SFT/reward measurement")
-    ap.add_argument("--proposal-rounds", type=int, default=7, help="rotated A/B rounds of ablations and proposals")
-    ap.add_argument("--only", default="sft,reward,ppo,rloo,gold,ablations,proposals",
-                    help="comma list of: sft, reward, ppo, rloo, gold, ablations, proposals")
+    ap.add_argument("--ablation-rounds", type=int, default=7, help="rotated A/B rounds of the ablations")
+    ap.add_argument("--only", default="sft,reward,ppo,rloo,gold,ablations",
+                    help="comma list of: sft, reward, ppo, rloo, gold, ablations")
     ap.add_argument("--code", choices=["head", "worktree"], default="head",
                     help="measure the committed code (default) or the working tree as it is at the start")
     ap.add_argument("--pipeline", action="store_true", help="also time `make pipeline` and a no-op `dvc repro` (minutes)")
@@ -395,15 +432,13 @@ def main(argv=None) -> int:
                 "gold_first_k", "gold_last_k", "gold_gain_per_1k_episodes", "gold_gain_per_1k_episodes_se",
                 "gold_last_k_se", "iterations")}}
 
-    for group in ("ablations", "proposals"):
-        if group not in only:
-            continue
-        out = work / "results" / f"{group}.json"
-        print(f"  running {group} (A/B in one process) ...", flush=True)
-        proc = measured([str(OUR_PY), str(HERE / "proposals.py"), "--group", group, "--artifacts", str(art),
-                         "--work", str(work), "--rounds", str(a.proposal_rounds), "--threads", str(a.threads),
-                         "--out", str(out)], work / "logs" / f"{group}.log", a.threads)
-        res[group] = {**json.loads(out.read_text()), "wall_s": proc["wall_s"]}
+    if "ablations" in only:
+        out = work / "results" / "ablations.json"
+        print("  running ablations (A/B in one process) ...", flush=True)
+        proc = measured([str(OUR_PY), str(HERE / "ablations.py"), "--artifacts", str(art), "--work", str(work),
+                         "--rounds", str(a.ablation_rounds), "--threads", str(a.threads), "--out", str(out)],
+                        work / "logs" / "ablations.log", a.threads)
+        res["ablations"] = {**json.loads(out.read_text()), "wall_s": proc["wall_s"]}
 
     res["load_avg_end"] = os.getloadavg()
     Path(a.json).write_text(json.dumps(res, indent=1, default=str) + "\n")

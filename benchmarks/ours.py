@@ -130,8 +130,8 @@ def cmd_ppo(a) -> None:
         import yaml
         cfg = dataclasses.replace(cfg, **{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in a.set)})
     if a.variant in ("no-kv-cache", "fixed-length"):
-        import variants
-        ppo_mod.sample = variants.sample_no_cache if a.variant == "no-kv-cache" else variants.sample_fixed_length
+        import variants                         # the core's sampler with that one optimisation off
+        ppo_mod.sample = variants.SAMPLERS[a.variant]
     seed_everything(cfg.seed)
     tok = load_tokenizer(cfg.policy_path)
     prompts = [r["prompt"] for r in load_jsonl(cfg.prompts)]

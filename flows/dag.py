@@ -28,15 +28,31 @@ def stale_reasons(stage: str, root: str | Path = ".") -> list[str]:
     """Why ``stage`` would run under `dvc repro` (empty when it is up to date)."""
     with _repo(root) as repo:
         status = repo.status(targets=[stage])
+    return _reasons([e for entries in status.values() for e in entries])
+
+
+def all_stale_reasons(stages: list[str], root: str | Path = ".") -> dict[str, list[str]]:
+    """``stale_reasons`` of every stage from ONE status call (one repository open, one pass over the workspace),
+    valid until a stage runs: then its downstream stages must be asked again (``stale_reasons``)."""
+    with _repo(root) as repo:
+        status = repo.status(targets=list(stages))
+    out = {}
+    for stage in stages:
+        entries = [e for key, v in status.items() if key == stage or key.endswith(f":{stage}") for e in v]
+        out[stage] = _reasons(entries)
+    return out
+
+
+def _reasons(entries: list) -> list[str]:
+    """DVC status entries of one stage -> readable reasons ("changed deps x: modified")."""
     reasons = []
-    for entries in status.values():
-        for entry in entries:
-            if isinstance(entry, dict):
-                for kind, changes in entry.items():
-                    items = changes.items() if isinstance(changes, dict) else [(changes, "")]
-                    reasons.extend(f"{kind} {k}: {v}".strip(": ") for k, v in items)
-            else:
-                reasons.append(str(entry))
+    for entry in entries:
+        if isinstance(entry, dict):
+            for kind, changes in entry.items():
+                items = changes.items() if isinstance(changes, dict) else [(changes, "")]
+                reasons.extend(f"{kind} {k}: {v}".strip(": ") for k, v in items)
+        else:
+            reasons.append(str(entry))
     return reasons
 
 

@@ -10,7 +10,7 @@ def make_optimizer(params, lr: float, weight_decay: float = 0.0) -> torch.optim.
     """AdamW; eps 1e-5 as in the N implementation details of RLHF (TF's default, more stable than 1e-8).
 
     The fused kernel (CPU since torch 2.4, CUDA; 1.10-1.14x on the optimiser-heavy phases, BENCHMARKS.md) when every
-    parameter is fp32/bf16 on one device of a type it supports; else the default (foreach) implementation."""
+    parameter is fp32/bf16 on one device of a type it supports; else torch's default implementation."""
     params = [p for p in params if p.requires_grad]
     kwargs = dict(lr=lr, weight_decay=weight_decay, eps=1e-5)
     devices = {p.device.type for p in params}
