@@ -1,0 +1,197 @@
+"""The tables of a benchmark run (bench.py --report): ratios ours/TRL, per-run figures, the gold judge, the
+ablations and the pipeline timings, as markdown."""
+from __future__ import annotations
+
+import statistics
+
+def med(runs: list[dict], key: str):
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def ratio(x, y):
+    return x / y if x and y else None
+
+
+def fmt(v, spec=".3g"):
+    return "n/a" if v is None else format(v, spec)
+
+
+def report(res: dict) -> str:
+    """The figures as a Markdown table (printed and written to --markdown)."""
+    L = []
+    add = L.append
+    m = res["machine"]
+    add(f"Machine: {m['nproc']} CPUs ({m['cpu']}), torch threads {m['torch_threads']} per process, "
+        f"load average at start {tuple(round(x, 2) for x in m['load_avg_start'])}, "
+        f"at end {tuple(round(x, 2) for x in res.get('load_avg_end', (0, 0, 0)))}.")
+    add("")
+    add("| measure (median over runs) | ours | TRL | ours/TRL | per-run ratios | target | met |")
+    add("|---|---|---|---|---|---|---|")
+    R = res["runs"]
+
+    def row(label, ours, trl, target=None, spec=".3g", goal=None, runs=None):
+        r = ratio(ours, trl)
+        met = "" if goal is None or r is None else ("yes" if goal(r) else "NO")
+        per = ""
+        if runs:      # (our runs, TRL runs, key): ratio of the i-th run of each side, run side by side
+            o, t, key = runs
+            per = ", ".join(fmt(ratio(x.get(key), y.get(key)), ".2f") for x, y in zip(o, t))
+        add(f"| {label} | {fmt(ours, spec)} | {fmt(trl, spec)} | {fmt(r, '.2f')} | {per} | {target or ''} | {met} |")
+
+    if "sft" in R:
+        row("SFT tokens/s", med(R["sft"]["ours"], "tokens_per_s"), med(R["sft"]["trl"], "tokens_per_s"),
+            ">= 1.2x", goal=lambda r: r >= 1.2, runs=(R["sft"]["ours"], R["sft"]["trl"], "tokens_per_s"))
+        row("  SFT tokens per CPU-second", per_cpu(R["sft"]["ours"], "tokens"), per_cpu(R["sft"]["trl"], "tokens"))
+        row("SFT peak RSS (MiB, max over runs)", max_of(R["sft"]["ours"]), max_of(R["sft"]["trl"]), "<= 1.0x",
+            goal=lambda r: r <= 1.0)
+    if "reward" in R:
+        row("reward pairs/s", med(R["reward"]["ours"], "pairs_per_s"), med(R["reward"]["trl"], "pairs_per_s"),
+            ">= 1.2x", goal=lambda r: r >= 1.2, runs=(R["reward"]["ours"], R["reward"]["trl"], "pairs_per_s"))
+        row("  reward pairs per CPU-second", per_cpu(R["reward"]["ours"], "pairs"), per_cpu(R["reward"]["trl"], "pairs"))
+        row("reward peak RSS (MiB, max over runs)", max_of(R["reward"]["ours"]), max_of(R["reward"]["trl"]), "<= 1.0x",
+            goal=lambda r: r <= 1.0)
+    for key, name, target, goal in (("ppo", "TRL 1.12 PPO", ">= 1.5x", lambda r: r >= 1.5),
+                                    ("rloo", "TRL RLOO", "> 1.0x", lambda r: r > 1.0)):
+        if key not in R:
+            continue
+        o, t = R[key]["ours"], R[key]["trl"]
+        row(f"PPO episodes/s vs {name}", med(o, "episodes_per_s"), med(t, "episodes_per_s"), target, goal=goal,
+            runs=(o, t, "episodes_per_s"))
+        row("  episodes per CPU-second", per_cpu(o, "episodes"), per_cpu(t, "episodes"))
+        po, pt = pct_iter(o, 0.2), pct_iter(t, 0.2)
+        B = o[0]["episodes"] / o[0]["iterations"] if o else 64
+        row("  episodes/s at the 20th-percentile iteration time", B / po if po else None, B / pt if pt else None,
+            target, goal=goal)
+        row(f"  s/iteration (vs {name})", med(o, "s_per_iter"), med(t, "s_per_iter"))
+        row("    generation s", med(o, "generation_s"), med(t, "generation_s"))
+        row("    scoring s", med(o, "scoring_s"), med(t, "scoring_s"))
+        so, st = split_med(o), split_med(t)
+        for part in sorted(set(so) | set(st)):
+            row(f"      {part} forward s", so.get(part), st.get(part))
+        row("    optimisation s", med(o, "optimization_s"), med(t, "optimization_s"))
+        row("  rollout tokens/s", med(o, "rollout_tokens_per_s"), med(t, "rollout_tokens_per_s"))
+        row("  decode steps per rollout", med(o, "decode_steps"), med(t, "decode_steps"))
+        row("  generation ms per decode step", med(o, "generation_ms_per_step"), med(t, "generation_ms_per_step"))
+        row("  mean response tokens", med(o, "response_length"), med(t, "response_length"))
+        row("  peak RSS (MiB)", max_of(o), max_of(t), "<= 1.0x", goal=lambda r: r <= 1.0)
+    g = res.get("gold", {})
+    if g:
+        add("")
+        add("| gold judge (same episodes; mean over runs) | start (first 20%) | end (last 20%) +- se | "
+            "gain per 1000 episodes (slope) +- se |")
+        add("|---|---|---|---|")
+        for name, v in g.items():
+            add(f"| {name} ({len(v.get('runs', [])) or 1} run(s), {int(v.get('iterations', 0))} iterations) | "
+                f"{fmt(v.get('gold_first_k'), '.3f')} | {fmt(v.get('gold_last_k'), '.3f')} +- "
+                f"{fmt(v.get('gold_last_k_se'), '.3f')} | {fmt(v.get('gold_gain_per_1k_episodes'), '+.3f')} +- "
+                f"{fmt(v.get('gold_gain_per_1k_episodes_se'), '.3f')} |")
+    ab = res.get("ablations") or {}
+    if ab.get("ppo", {}).get("speedup_is") or ab.get("sft", {}).get("speedup_is"):
+        ablation_table(ab, add)
+    elif ab.get("ppo"):                     # an earlier run's format: ablations of PPO only, speedup = default/variant
+        ab = ab["ppo"]
+        add("")
+        add(f"Ablations: what each existing optimisation buys (ours, A/B in one process, {ab.get('rounds', '')} "
+            "rotated rounds, median s per PPO iteration phase; slowdown = variant time / default time):")
+        add("")
+        add("| variant (one optimisation off) | generation s | scoring s | optimisation s | iteration s | decode steps | "
+            "slowdown |")
+        add("|---|---|---|---|---|---|---|")
+        for name, v in ab.get("variants", {}).items():
+            add(f"| {name} | {fmt(v.get('generation_s'), '.3f')} | {fmt(v.get('scoring_s'), '.3f')} | "
+                f"{fmt(v.get('optimization_s'), '.3f')} | {fmt(v.get('iteration_s'), '.3f')} | "
+                f"{fmt(v.get('decode_steps'), '.1f')} | {fmt(inv(v.get('speedup')), '.2f')}x |")
+    pr = res.get("proposals")
+    if pr:                                  # an earlier run's format (before the proposals were applied to the core)
+        add("")
+        add(f"Proposed core speed-ups (an earlier run, before they were applied), A/B on the same process "
+            f"({pr.get('ppo', pr.get('sft', {})).get('rounds', '')} rotated rounds, median; speed-up = default time / "
+            "variant time):")
+        add("")
+        add("| SFT variant | s per 40 steps | speed-up |")
+        add("|---|---|---|")
+        for name, v in pr.get("sft", {}).get("variants", {}).items():
+            add(f"| {name} | {fmt(v.get('median_s'), '.3f')} | {fmt(v.get('speedup'), '.2f')}x |")
+        add("")
+        add("| PPO variant | generation s | scoring s | optimisation s | iteration s | speed-up |")
+        add("|---|---|---|---|---|---|")
+        for name, v in pr.get("ppo", {}).get("variants", {}).items():
+            cell = lambda k: f"{fmt(v.get(k + '_s'), '.3f')} ({fmt(v.get(k + '_speedup'), '.2f')}x)"  # noqa: E731
+            add(f"| {name} | {cell('generation')} | {cell('scoring')} | {cell('optimization')} | "
+                f"{fmt(v.get('iteration_s'), '.3f')} | {fmt(v.get('speedup'), '.2f')}x |")
+    p = res.get("pipeline")
+    if p:
+        add("")
+        add("| pipeline | seconds | target | met |")
+        add("|---|---|---|---|")
+        add(f"| `make pipeline` end to end | {p['make_pipeline_s']:.1f} | | |")
+        add(f"| stages' own compute (sum) | {p['stage_compute_total_s']:.1f} | | |")
+        add(f"| orchestration overhead | {p['orchestration_s']:.1f} ({100 * p['orchestration_share']:.1f}%) | <= 10% | "
+            f"{'yes' if p['orchestration_share'] <= 0.10 else 'NO'} |")
+        add(f"| ... of which outside the flow's stage tasks (wall - sum seconds/<stage>) | {p['flow_overhead_s']:.1f} | | |")
+        add(f"| no-op `dvc repro` (median of 3) | {p['dvc_repro_noop_s']:.1f} | < 10 s | "
+            f"{'yes' if p['dvc_repro_noop_s'] < 10 else 'NO'} |")
+        add(f"| no-op `make pipeline` | {p['make_pipeline_noop_s']:.1f} | | |")
+        add("")
+        add("Per stage (compute / task incl. tracking): " + ", ".join(
+            f"{s} {p['stage_compute_s'].get(s, 0):.1f}/{p['parent_seconds'].get(s, 0):.1f}" for s in p["parent_seconds"]))
+    return "\n".join(L)
+
+
+def inv(x):
+    return 1 / x if x else None
+
+
+def ablation_table(ab: dict, add) -> None:
+    """ablations.py's results: one row per variant (one optimisation switched off); each ratio is variant time /
+    default time, i.e. what that optimisation buys (> 1: it helps)."""
+    sft, ppo = ab.get("sft", {}).get("variants", {}), ab.get("ppo", {}).get("variants", {})
+    rounds = ab.get("ppo", ab.get("sft", {})).get("rounds", "")
+    add("")
+    add(f"What each optimisation buys (ours, A/B in one process, {rounds} rotated rounds after a warm-up, medians; "
+        "each ratio = time with that optimisation off / time of the core as it is; > 1: the optimisation helps):")
+    add("")
+    add("| variant | optimisation switched off | SFT (40 steps) | PPO generation | PPO scoring | PPO optimisation | "
+        "PPO iteration | decode steps |")
+    add("|---|---|---|---|---|---|---|---|")
+    for name in list(ppo) + [n for n in sft if n not in ppo]:
+        s, p = sft.get(name, {}), ppo.get(name, {})
+        what = p.get("optimisation") or s.get("optimisation") or ""
+        r = lambda key: f"{fmt(p.get(key), '.2f')}x" if p.get(key) is not None else ""  # noqa: E731
+        add(f"| {name} | {what} | {fmt(s.get('speedup'), '.2f') + 'x' if s.get('speedup') is not None else ''} | "
+            f"{r('generation_speedup')} | {r('scoring_speedup')} | {r('optimization_speedup')} | {r('speedup')} | "
+            f"{fmt(p.get('decode_steps'), '.1f') if p else ''} |")
+    d = ppo.get("default")
+    if d:
+        add("")
+        add(f"Default (the core) per PPO iteration: generation {d['generation_s']:.3f} s, scoring {d['scoring_s']:.3f} s, "
+            f"optimisation {d['optimization_s']:.3f} s, iteration {d['iteration_s']:.3f} s"
+            + (f"; SFT {sft['default']['median_s']:.3f} s per 40 steps." if "default" in sft else "."))
+
+
+def pct_iter(runs, q: float):
+    """The q-quantile of the per-iteration times over all runs of one side: robust to other processes' load when it
+    comes and goes (a median is not, once load covers half a run)."""
+    xs = sorted(x for r in runs for x in r.get("iteration_s", []))
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else None
+
+
+def per_cpu(runs, work_key):
+    """Work per CPU-second of the measured loop (time.process_time, all threads): less sensitive than wall time to
+    other processes' load on a shared machine (not immune: cache sharing and OpenMP spin-waits still count)."""
+    vals = [r[work_key] / r["cpu_s"] for r in runs if r.get("cpu_s") and r.get(work_key)]
+    return statistics.median(vals) if vals else None
+
+
+def max_of(runs):
+    vals = [r["peak_rss_mb"] for r in runs]
+    return max(vals) if vals else None
+
+
+def split_med(runs):
+    keys = set().union(*(r.get("scoring_split_s", {}).keys() for r in runs)) if runs else set()
+    return {k: statistics.median([r["scoring_split_s"].get(k, 0.0) for r in runs]) for k in keys}
+
+
+# -- main --------------------------------------------------------------------------------------------------------------
