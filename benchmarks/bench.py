@@ -218,8 +218,9 @@ def main(argv=None) -> int:
                     extra = ["--pairs", str(reward_pairs(work, a))]
                 samples = work / "samples" / f"{name}.jsonl"
                 samples.parent.mkdir(parents=True, exist_ok=True)
-                if stage in ("ppo", "rloo"):
-                    extra = [*extra, "--samples", str(samples)]
+                if stage in ("ppo", "rloo"):      # run r of every side: seed r (seed spread, not one seed r times)
+                    extra = [*extra, "--samples", str(samples),
+                             *(["--set", f"seed={rep}"] if side == "ours" else ["--seed", str(rep)])]
                 r = run_side(name, py, script, cmd, a, work, art, extra)
                 res["runs"].setdefault(stage, {"ours": [], "trl": []})[side].append(r)
         if "rloo" in res["runs"] and "ppo" in res["runs"]:

@@ -185,7 +185,7 @@ def cmd_ppo(a) -> None:
 
     hf_logging.set_verbosity_error()
     m, art, work = manifest(a.work), Path(a.artifacts), Path(a.work)
-    p = m["ppo"]
+    p = {**m["ppo"], **({"seed": a.seed} if a.seed >= 0 else {})}    # --seed: one run of several seeds
     seed_all(p["seed"])
     tok = tokenizer(art / "models" / "sft")
     policy = AutoModelForCausalLM.from_pretrained(str(art / "models" / "sft"))
@@ -209,7 +209,7 @@ def cmd_ppo(a) -> None:
                     kl_estimator=p["kl_estimator"], learning_rate=p["lr"], lr_scheduler_type=p["lr_schedule"],
                     cliprange=p["cliprange"], cliprange_value=p["cliprange_value"], vf_coef=p["vf_coef"],
                     gamma=p["gamma"], lam=p["lam"], local_rollout_forward_batch_size=p["rollout_batch_size"],
-                    num_sample_generations=0, logging_steps=1, **COMMON_ARGS)
+                    num_sample_generations=0, logging_steps=1, **{**COMMON_ARGS, "seed": p["seed"]})
 
     # Phase clocks around TRL's own module functions (wrapping, not copying, its code).
     clock, events, samples = PhaseClock(), [], []
@@ -298,7 +298,7 @@ def cmd_rloo(a) -> None:
 
     hf_logging.set_verbosity_error()
     m, art, work = manifest(a.work), Path(a.artifacts), Path(a.work)
-    p = m["ppo"]
+    p = {**m["ppo"], **({"seed": a.seed} if a.seed >= 0 else {})}    # --seed: one run of several seeds
     seed_all(p["seed"])
     tok = tokenizer(art / "models" / "sft")
     policy = AutoModelForCausalLM.from_pretrained(str(art / "models" / "sft"))
@@ -342,7 +342,8 @@ def cmd_rloo(a) -> None:
                      max_completion_length=p["sampling"]["max_new_tokens"], temperature=p["sampling"]["temperature"],
                      top_k=0, top_p=1.0, beta=p["kl_coef"], epsilon=p["cliprange"], learning_rate=p["lr"],
                      lr_scheduler_type=p["lr_schedule"], max_steps=generations * (B // mb) * p["ppo_epochs"],
-                     max_grad_norm=p["max_grad_norm"], logging_steps=10**6, disable_dropout=True, **COMMON_ARGS)
+                     max_grad_norm=p["max_grad_norm"], logging_steps=10**6, disable_dropout=True,
+                     **{**COMMON_ARGS, "seed": p["seed"]})
     loop = LoopTimer()
 
     class Trainer(RLOOTrainer):
@@ -402,6 +403,7 @@ def main(argv=None) -> None:
     ap.add_argument("--episodes", type=int, default=1280)
     ap.add_argument("--num-generations", type=int, default=4)
     ap.add_argument("--samples")
+    ap.add_argument("--seed", type=int, default=-1, help="ppo/rloo: this seed instead of params.yaml's ppo.seed")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     os.environ.setdefault("WANDB_DISABLED", "true")
