@@ -127,8 +127,13 @@ def report(res: dict) -> str:
         add("|---|---|---|---|")
         add(f"| `make pipeline` end to end | {p['make_pipeline_s']:.1f} | | |")
         add(f"| stages' own compute (sum) | {p['stage_compute_total_s']:.1f} | | |")
+        if "gate_evaluation_s" in p:
+            add(f"| promotion gates' model evaluation (sampling/scoring, not a stage) | {p['gate_evaluation_s']:.1f} | | |")
         add(f"| orchestration overhead | {p['orchestration_s']:.1f} ({100 * p['orchestration_share']:.1f}%) | <= 10% | "
             f"{'yes' if p['orchestration_share'] <= 0.10 else 'NO'} |")
+        if "orchestration_incl_gate_evaluation_share" in p:
+            add(f"| ... counting the gates' evaluation as overhead too | "
+                f"{100 * p['orchestration_incl_gate_evaluation_share']:.1f}% | | |")
         add(f"| ... of which outside the flow's stage tasks (wall - sum seconds/<stage>) | {p['flow_overhead_s']:.1f} | | |")
         add(f"| no-op `dvc repro` (median of 3) | {p['dvc_repro_noop_s']:.1f} | < 10 s | "
             f"{'yes' if p['dvc_repro_noop_s'] < 10 else 'NO'} |")

@@ -226,6 +226,20 @@ class RewardModel(nn.Module):
         return model
 
 
+FINAL_NORMS = ("ln_f", "norm", "final_layer_norm", "final_layernorm")
+
+
+def transformer_blocks(trunk: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks of a Hugging Face base model (GPT-2 ``h``, Llama/Mistral/Qwen ``layers``, ...):
+    the longest ModuleList among its direct children or their direct children."""
+    base = trunk.get_base_model() if hasattr(trunk, "get_base_model") else trunk
+    candidates = [m for m in list(base.children()) + [g for c in base.children() for g in c.children()]
+                  if isinstance(m, nn.ModuleList)]
+    if not candidates:
+        raise ValueError(f"{type(base).__name__}: no transformer block list found")
+    return max(candidates, key=len)
+
+
 class CriticModel(nn.Module):
     """A separate value model (option ``ppo.value_model: separate``), initialised from the reward model: its trunk
     and its scalar head applied at every position (TRL's PPO initialises the critic from the reward model)."""
@@ -238,6 +252,26 @@ class CriticModel(nn.Module):
         out = self.trunk(input_ids=input_ids, attention_mask=attention_mask,
                          position_ids=position_ids_from_mask(attention_mask))
         return self.value_head(out.last_hidden_state).squeeze(-1)               # (B, T, 1) -> (B, T)
+
+    def train_top_layers(self, n: int) -> int:
+        """Train only the top ``n`` transformer blocks, the final norm and the value head; freeze the embeddings and
+        the blocks below (n < 0: everything trains). Backward then stops at the lowest trained block, which cuts the
+        critic's share of an update; the frozen layers keep the reward model's features. Returns the block count."""
+        blocks = transformer_blocks(self.trunk)
+        if n < 0:
+            return len(blocks)
+        if n > len(blocks):
+            raise ValueError(f"ppo.critic_train_layers: {n} > the critic's {len(blocks)} blocks")
+        for p in self.trunk.parameters():
+            p.requires_grad_(False)
+        for block in list(blocks)[len(blocks) - n:]:
+            for p in block.parameters():
+                p.requires_grad_(True)
+        for name, module in self.trunk.named_children():
+            if name in FINAL_NORMS:
+                for p in module.parameters():
+                    p.requires_grad_(True)
+        return len(blocks)
 
     @classmethod
     def from_reward_model(cls, path: str | Path) -> "CriticModel":

@@ -1,7 +1,8 @@
 """Benchmark-only timing hook (active only when RLHF_BENCH_TIMINGS names a file): wraps ``rlhf.stages.<name>.run``
-as each stage module is imported, and appends {"stage", "seconds"} of every call to that file. This measures the
-stages' own compute inside `make pipeline` / `dvc repro` without touching the core; bench.py puts this folder on
-PYTHONPATH for the pipeline run only."""
+as each stage module is imported, and the promotion gates' model evaluations (``flows.promote.reward_accuracy`` and
+``compare_policies``: sampling and scoring with the challenger and champion models), and appends {"stage",
+"seconds"} of every call to that file. This measures the compute inside `make pipeline` / `dvc repro` without
+touching the core; bench.py puts this folder on PYTHONPATH for the pipeline run only."""
 import os
 
 _OUT = os.environ.get("RLHF_BENCH_TIMINGS")
@@ -14,9 +15,12 @@ if _OUT:
     import time
 
     STAGES = {"prepare", "pretrain", "sft", "collect", "annotate", "preferences", "reward", "ppo", "evaluate"}
+    # module -> (functions to time, the name they are recorded under)
+    TIMED = {f"rlhf.stages.{s}": (("run",), s) for s in STAGES}
+    TIMED["flows.promote"] = (("reward_accuracy", "compare_policies"), "promote-gate-evaluation")
 
-    def _wrap(module, stage):
-        inner = module.run
+    def _wrap(module, attr, stage):
+        inner = getattr(module, attr)
 
         @functools.wraps(inner)
         def run(*args, **kwargs):
@@ -26,13 +30,13 @@ if _OUT:
             finally:
                 with open(_OUT, "a") as f:
                     f.write(json.dumps({"stage": stage, "seconds": time.perf_counter() - t0, "pid": os.getpid()}) + "\n")
-        module.run = run
+        setattr(module, attr, run)
 
     class _Finder(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
-            prefix, _, stage = name.rpartition(".")
-            if prefix != "rlhf.stages" or stage not in STAGES:
+            if name not in TIMED:
                 return None
+            attrs, stage = TIMED[name]
             for finder in sys.meta_path:
                 if finder is self or not hasattr(finder, "find_spec"):
                     continue
@@ -41,10 +45,11 @@ if _OUT:
                     loader = spec.loader
                     inner_exec = loader.exec_module
 
-                    def exec_module(module, _inner=inner_exec, _stage=stage):
+                    def exec_module(module, _inner=inner_exec, _stage=stage, _attrs=attrs):
                         _inner(module)
-                        if hasattr(module, "run"):
-                            _wrap(module, _stage)
+                        for attr in _attrs:
+                            if hasattr(module, attr):
+                                _wrap(module, attr, _stage)
                     loader.exec_module = exec_module
                     return spec
             return None

@@ -38,6 +38,7 @@ def build_models(cfg: PPOConfig, tok, device=None) -> PPOModels:
         # A critic initialised from the reward model (TRL's PPO default): its trunk, a fresh per-token value head.
         from rlhf.modeling import CriticModel
         value_model = CriticModel.from_reward_model(cfg.reward_path)
+        value_model.train_top_layers(cfg.critic_train_layers)
         if cfg.lora.r:
             value_model.trunk = accel.apply_lora(value_model.trunk, cfg.lora, causal_lm=False)
         value_model.to(device)

@@ -59,3 +59,28 @@ def test_margin_option_trains(tok, tiny_lm):
     rm = RewardModel(tiny_lm.transformer)
     train_reward_model(rm, groups, TrainConfig(epochs=3, batch_size=8, lr=3e-3), tok.pad_token_id, use_margin=True)
     assert pairwise_accuracy(rm, groups, tok.pad_token_id) == 1.0
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_critic_trains_only_its_top_layers(tok, arch):
+    """ppo.critic_train_layers: the embeddings and lower blocks stay frozen and get no gradient (backward stops at
+    the lowest trained block); the top block, final norm and value head train. GPT-2 (`h`) and Llama (`layers`)."""
+    if arch == "gpt2":
+        trunk = build_gpt2(ModelConfig(n_layer=2, n_head=2, n_embd=32, n_positions=64), tok, seed=3).transformer
+    else:
+        from transformers import LlamaConfig, LlamaModel
+        trunk = LlamaModel(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                                       pad_token_id=tok.pad_token_id))
+    critic = CriticModel(trunk, torch.nn.Linear(32, 1))
+    assert critic.train_top_layers(1) == 2
+    from rlhf.modeling import transformer_blocks
+    low, top = transformer_blocks(trunk)
+    ids = torch.tensor([tok("the film was great")["input_ids"]])
+    critic(ids, torch.ones_like(ids)).sum().backward()
+    assert all(p.grad is None and not p.requires_grad for p in low.parameters())
+    assert all(p.grad is None for p in trunk.get_input_embeddings().parameters())
+    assert all(p.requires_grad and p.grad is not None for p in top.parameters())
+    assert all(p.grad is not None for p in critic.value_head.parameters())
+    with pytest.raises(ValueError, match="critic_train_layers: 3 > the critic's 2 blocks"):
+        critic.train_top_layers(3)
