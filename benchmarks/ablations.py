@@ -29,8 +29,11 @@ PPO (one iteration's phases generation / scoring / optimisation):
   extra-decode-step  the sampler runs one more decode step after the last token (logits unused)
   no-kv-cache        every decode step re-runs the whole prefix
   fixed-length       always max_new_tokens decode steps (no stop once every row has ended)
-  separate-value     the value from a second trunk (ppo.value_model=separate, initialised from the reward model)
-                     instead of the value head on the policy's trunk read from the same forward
+  shared-value       the value head on the policy's trunk (ppo.value_model=shared: read from the policy's own forward)
+                     instead of the separate critic of params.yaml; a cheaper but weaker design (BENCHMARKS.md), so
+                     its ratio is below 1: what the separate critic costs
+  all-value-epochs   the critic trained in every PPO epoch (ppo.value_epochs=0) instead of params.yaml's first N:
+                     the later epochs' critic forward and backward passes are what value_epochs saves
 The sampler variants are benchmarks/variants.py's: the core's sampler with exactly that one thing changed.
 """
 from __future__ import annotations
@@ -64,11 +67,12 @@ OPTIMISATION = {
     "extra-decode-step": "no decode step after the last token",
     "no-kv-cache": "KV cache in generation",
     "fixed-length": "early stop once every row has ended",
-    "separate-value": "shared-trunk value head (instead of a separate value model)",
+    "shared-value": "separate critic (value head on the policy trunk instead: cheaper, learns less)",
+    "all-value-epochs": "value loss in the first value_epochs only (critic in every epoch instead)",
 }
 SFT_VARIANTS = ["default", "gelu-new", "unfused-adamw"]
 PPO_VARIANTS = ["default", "gelu-new", "unfused-adamw", "full-logits", "multinomial-draw", "extra-decode-step",
-                "no-kv-cache", "fixed-length", "separate-value"]
+                "no-kv-cache", "fixed-length", "shared-value", "all-value-epochs"]
 SPEEDUP = "variant time / default time (> 1: the optimisation switched off buys that factor)"
 
 
@@ -197,9 +201,11 @@ def bench_ppo(a) -> dict:
     variants = select(PPO_VARIANTS, a.variants)
     trainers, info = {}, {}
     for name in variants:
-        vcfg = dataclasses.replace(cfg, value_model="separate") if name == "separate-value" else cfg
+        vcfg = (dataclasses.replace(cfg, value_model="shared") if name == "shared-value"
+                else dataclasses.replace(cfg, value_epochs=0) if name == "all-value-epochs" else cfg)
         models = build_models(vcfg, tok)
-        trio = (models.policy, models.ref_model, models.reward_model)
+        trio = tuple(m for m in (models.policy, models.ref_model, models.reward_model, models.value_model)
+                     if m is not None)
         if name == "gelu-new":
             assert unfuse_gelu(*trio) > 0, "no fused GELU in the models: nothing to switch off"
         tr = P.PPOTrainer(vcfg, models, tok, prompts)

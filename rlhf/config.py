@@ -232,6 +232,7 @@ class PPOConfig:
     missing_eos_penalty: float = 1.0    # subtracted from the score of responses cut before EOS
     value_model: str = "shared"         # shared (value head on the policy trunk, the source's design) | separate
     critic_train_layers: int = -1       # separate critic: train only its top N blocks (+ final norm, head); -1 = all
+    value_epochs: int = 0               # epochs (of ppo_epochs) with the value loss; 0 = all. The policy loss: all
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)   # on the policy; the reference = adapter disabled
@@ -248,6 +249,7 @@ class PPOConfig:
         _check(self.kl_estimator in ("k1", "k2", "k3"), f"kl_estimator must be k1, k2 or k3, not {self.kl_estimator!r}")
         _check(self.value_model in ("shared", "separate"), f"value_model must be shared|separate, not {self.value_model!r}")
         _check(self.critic_train_layers >= -1, "critic_train_layers must be >= -1 (-1 = every layer trains)")
+        _check(0 <= self.value_epochs <= self.ppo_epochs, f"value_epochs must be in [0, ppo_epochs={self.ppo_epochs}]")
         _check(self.critic_train_layers == -1 or self.lora.r == 0,
                "critic_train_layers applies to full fine-tuning; with lora.r > 0 the critic trains LoRA adapters")
         _check(self.lr_schedule in ("constant", "linear", "cosine"), "lr_schedule must be constant|linear|cosine")

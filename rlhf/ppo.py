@@ -104,24 +104,27 @@ class PPOTrainer:
                                gamma=c.gamma, lam=c.lam, missing_eos_penalty=c.missing_eos_penalty,
                                whiten=c.whiten_advantages, pad_id=self.tok.pad_token_id, value_model=self.m.value_model)
 
-    def _minibatch_loss(self, exp: Experience, idx: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Loss on rows ``idx`` of the experience: policy loss + vf_coef * value loss."""
+    def _minibatch_loss(self, exp: Experience, idx: torch.Tensor, train_value: bool = True) -> tuple[torch.Tensor, dict]:
+        """Loss on rows ``idx`` of the experience: policy loss + vf_coef * value loss. ``train_value`` False: the
+        policy loss alone (the advantages were fixed when the rollout was scored), and a separate critic is not run."""
         c = self.cfg
         ids, attn = exp.rollout.full()
         ids, attn = ids[idx], attn[idx]                                       # (b, T)
         logits, values = policy_forward(self.m.policy, ids, attn, exp.rollout.context_length, c.sampling.temperature)
-        if self.m.value_model is not None:
+        if self.m.value_model is not None and train_value:
             values = self.m.value_model(ids, attn)[:, exp.rollout.context_length - 1:-1]
         mask = exp.mask[idx]
         logprobs = gather_logprobs(logits, exp.rollout.response_ids[idx])     # (b, R)
         pg_loss, clipfrac, approxkl = ppo_policy_loss(logprobs, exp.logprobs[idx], exp.advantages[idx], mask, c.cliprange)
-        vf_loss, vf_clipfrac = ppo_value_loss(values, exp.values[idx], exp.returns[idx], mask, c.cliprange_value)
         with torch.no_grad():
             entropy = masked_mean(entropy_from_logits(logits), mask)
             ratio = masked_mean(torch.exp(logprobs - exp.logprobs[idx]), mask)
-        stats = {"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(), "policy/clipfrac": clipfrac.item(),
-                 "policy/approxkl": approxkl.item(), "val/clipfrac": vf_clipfrac.item(),
+        stats = {"loss/policy": pg_loss.item(), "policy/clipfrac": clipfrac.item(), "policy/approxkl": approxkl.item(),
                  "policy/entropy": entropy.item(), "val/ratio": ratio.item()}
+        if not train_value:
+            return pg_loss, stats
+        vf_loss, vf_clipfrac = ppo_value_loss(values, exp.values[idx], exp.returns[idx], mask, c.cliprange_value)
+        stats.update({"loss/value": vf_loss.item(), "val/clipfrac": vf_clipfrac.item()})
         return pg_loss + c.vf_coef * vf_loss, stats
 
     def optimize(self, exp: Experience, iteration: int) -> dict[str, float]:
@@ -132,25 +135,30 @@ class PPOTrainer:
         micro = mb // c.grad_accum
         gen = iteration_generator(self.dist.seed(c.seed), iteration, 2)
         sums: dict[str, float] = {}
-        n, grad_norms = 0, []
-        self.m.policy.train()
-        for _ in range(c.ppo_epochs):
+        counts: dict[str, int] = {}
+        grad_norms = []
+        value_epochs = c.value_epochs or c.ppo_epochs
+        trained = [self.m.policy] + ([self.m.value_model] if self.m.value_model is not None else [])
+        for module in trained:
+            module.train()
+        for epoch in range(c.ppo_epochs):
             perm = torch.randperm(B, generator=gen).to(exp.mask.device)
             for start in range(0, B, mb):
                 for m0 in range(start, start + mb, micro):
-                    loss, stats = self._minibatch_loss(exp, perm[m0:m0 + micro])
+                    loss, stats = self._minibatch_loss(exp, perm[m0:m0 + micro], train_value=epoch < value_epochs)
                     (loss / c.grad_accum).backward()
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0.0) + v
-                    n += 1
+                        counts[k] = counts.get(k, 0) + 1
                 params = [p for g in self.optimizer.param_groups for p in g["params"]]
                 sync_gradients(params, self.dist, average=True)       # no-op on one process
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)))
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-        self.m.policy.eval()
-        out = {f"{k}_avg": v / max(n, 1) for k, v in sums.items()}
+        for module in trained:
+            module.eval()
+        out = {f"{k}_avg": v / counts[k] for k, v in sums.items()}
         out["train/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
         return out
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from rlhf.config import ModelConfig, PPOConfig, SamplingConfig, TrainConfig
+from rlhf.config import ConfigError, ModelConfig, PPOConfig, SamplingConfig, TrainConfig
 from rlhf.modeling import CriticModel, PolicyWithValueHead, RewardModel, build_gpt2
 from rlhf.ppo import PPOModels, PPOTrainer
 from rlhf.reward import encode_groups, pairwise_accuracy, train_reward_model
@@ -11,8 +11,9 @@ SMALL = ModelConfig(n_layer=1, n_head=2, n_embd=32, n_positions=64)
 
 
 def trainer(tok, tiny_lm, value_model=None, **overrides):
-    cfg = PPOConfig(total_episodes=16, rollout_batch_size=8, num_mini_batches=2, ppo_epochs=2, lr=1e-3,
-                    sampling=SamplingConfig(max_new_tokens=6, batch_size=8), **overrides)
+    settings = dict(total_episodes=16, rollout_batch_size=8, num_mini_batches=2, ppo_epochs=2, lr=1e-3,
+                    sampling=SamplingConfig(max_new_tokens=6, batch_size=8))
+    cfg = PPOConfig(**{**settings, **overrides})
     rm = RewardModel(build_gpt2(SMALL, tok, seed=1).transformer).eval()
     return PPOTrainer(cfg, PPOModels(PolicyWithValueHead(tiny_lm), build_gpt2(SMALL, tok, seed=0).eval(), rm, value_model),
                       tok, ["the film was", "the plot was"])
@@ -84,3 +85,19 @@ def test_critic_trains_only_its_top_layers(tok, arch):
     assert all(p.grad is not None for p in critic.value_head.parameters())
     with pytest.raises(ValueError, match="critic_train_layers: 3 > the critic's 2 blocks"):
         critic.train_top_layers(3)
+
+
+def test_value_epochs_run_the_critic_only_in_the_first_epochs(tok, tiny_lm):
+    """ppo.value_epochs = 1 of 3: the separate critic runs forward/backward in epoch 1's mini-batches only; the
+    policy loss is in every epoch; the logged value loss averages the mini-batches that had one."""
+    rm = RewardModel(build_gpt2(SMALL, tok, seed=2).transformer)
+    critic = CriticModel(rm.trunk, rm.score_head)
+    calls = []
+    inner = critic.forward
+    critic.forward = lambda *a, **k: calls.append(torch.is_grad_enabled()) or inner(*a, **k)
+    t = trainer(tok, tiny_lm, value_model=critic, ppo_epochs=3, value_epochs=1)
+    stats = t.step()
+    assert calls.count(True) == t.cfg.num_mini_batches            # epoch 1 only (scoring runs under no_grad)
+    assert torch.isfinite(torch.tensor(stats["loss/value_avg"])) and stats["loss/policy_avg"] == stats["loss/policy_avg"]
+    with pytest.raises(ConfigError, match="value_epochs must be in"):
+        PPOConfig(ppo_epochs=2, value_epochs=3)
