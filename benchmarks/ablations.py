@@ -193,6 +193,10 @@ def bench_ppo(a) -> dict:
     from rlhf.stages.ppo import build_models
 
     p, art = load_params(CODE / "params.yaml"), Path(a.artifacts)
+    if a.set:                                   # the benchmark's PPO settings (bench.py OURS_PPO_SET)
+        import yaml
+        p = dataclasses.replace(p, ppo=dataclasses.replace(p.ppo, **{k: yaml.safe_load(v) for k, v in (
+            kv.split("=", 1) for kv in a.set)}))
     cfg = dataclasses.replace(p.ppo, policy_path=str(art / "models" / "sft"), reward_path=str(art / "models" / "reward"),
                               prompts=str(art / "data" / "prompts_ppo.jsonl"), total_episodes=PPO_EPISODES)
     tok = load_tokenizer(cfg.policy_path)
@@ -292,6 +296,7 @@ def main(argv=None) -> None:
     ap.add_argument("--only", default="sft,ppo", help="comma list of: sft, ppo")
     ap.add_argument("--variants", default="", help="comma list: only these variants (and default); default: all")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ppo: parameter")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     set_threads(a.threads)

@@ -33,6 +33,11 @@ from project import env, make_project, project_env, sh, snapshot  # noqa: E402
 from tables import report  # noqa: E402
 
 OUR_PY = ROOT / ".venv" / "bin" / "python"
+# Our PPO in the comparison: like TRL's PPO, a separate critic initialised from the reward model; it trains in the
+# first 2 of the 4 epochs (ppo.value_epochs). params.yaml's demo keeps the shared value head (faster, more diverse,
+# less gold per episode); it runs too, as side "ours-shared".
+OURS_PPO_SET = ["value_model=separate", "value_epochs=2"]
+SETS = [x for kv in OURS_PPO_SET for x in ("--set", kv)]
 TRL_PY = HERE / ".venv-trl" / "bin" / "python"
 TRL112_PY = HERE / ".venv-trl112" / "bin" / "python"
 
@@ -210,8 +215,9 @@ def main(argv=None) -> int:
                 ("trl", TRL_PY, "trl_runs.py", "sft", ["--steps", str(a.sft_steps)])],
         "reward": [("ours", OUR_PY, "ours.py", "reward", ["--steps", str(a.reward_steps)]),
                    ("trl", TRL_PY, "trl_runs.py", "reward", [])],
-        "ppo": [("ours", OUR_PY, "ours.py", "ppo", ["--episodes", str(a.episodes)]),
-                ("trl", TRL112_PY, "trl_runs.py", "ppo", ["--episodes", str(a.episodes)])],
+        "ppo": [("ours", OUR_PY, "ours.py", "ppo", ["--episodes", str(a.episodes), *SETS]),
+                ("trl", TRL112_PY, "trl_runs.py", "ppo", ["--episodes", str(a.episodes)]),
+                ("ours-shared", OUR_PY, "ours.py", "ppo", ["--episodes", str(a.episodes)])],
         "rloo": [("trl", TRL_PY, "trl_runs.py", "rloo", ["--episodes", str(a.episodes)])],
     }
     for rep in range(max(a.repeats, a.short_repeats)):
@@ -227,15 +233,17 @@ def main(argv=None) -> int:
                 samples.parent.mkdir(parents=True, exist_ok=True)
                 if stage in ("ppo", "rloo"):      # run r of every side: seed r (seed spread, not one seed r times)
                     extra = [*extra, "--samples", str(samples),
-                             *(["--set", f"seed={rep}"] if side == "ours" else ["--seed", str(rep)])]
+                             *(["--set", f"seed={rep}"] if side.startswith("ours") else ["--seed", str(rep)])]
                 r = run_side(name, py, script, cmd, a, work, art, extra)
-                res["runs"].setdefault(stage, {"ours": [], "trl": []})[side].append(r)
+                res["runs"].setdefault(stage, {"ours": [], "trl": []}).setdefault(side, []).append(r)
         if "rloo" in res["runs"] and "ppo" in res["runs"]:
             res["runs"]["rloo"]["ours"] = res["runs"]["ppo"]["ours"]      # the same PPO runs, the same budget
 
     if "gold" in only:
         res["gold"] = {}
-        for label, pattern in (("ours PPO", "ppo-ours-*"), ("TRL 1.12 PPO", "ppo-trl-*"), ("TRL RLOO", "rloo-trl-*")):
+        for label, pattern in (("ours PPO (separate critic, value_epochs 2)", "ppo-ours-[0-9]*"),
+                               ("ours PPO (shared value head: the demo's params.yaml)", "ppo-ours-shared-*"),
+                               ("TRL 1.12 PPO", "ppo-trl-*"), ("TRL RLOO", "rloo-trl-*")):
             files = sorted((work / "samples").glob(pattern + ".jsonl"))
             if not files:
                 continue
@@ -253,7 +261,7 @@ def main(argv=None) -> int:
         out = work / "results" / "ablations.json"
         print("  running ablations (A/B in one process) ...", flush=True)
         proc = measured([str(OUR_PY), str(HERE / "ablations.py"), "--artifacts", str(art), "--work", str(work),
-                         "--rounds", str(a.ablation_rounds), "--threads", str(a.threads), "--out", str(out)],
+                         "--rounds", str(a.ablation_rounds), "--threads", str(a.threads), "--out", str(out), *SETS],
                         work / "logs" / "ablations.log", a.threads)
         res["ablations"] = {**json.loads(out.read_text()), "wall_s": proc["wall_s"]}
 

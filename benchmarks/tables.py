@@ -75,6 +75,10 @@ def report(res: dict) -> str:
         row("  generation ms per decode step", med(o, "generation_ms_per_step"), med(t, "generation_ms_per_step"))
         row("  mean response tokens", med(o, "response_length"), med(t, "response_length"))
         row("  peak RSS (MiB)", max_of(o), max_of(t), "<= 1.0x", goal=lambda r: r <= 1.0)
+        shared = R.get("ppo", {}).get("ours-shared")
+        if shared:
+            row(f"  ours with the shared value head (the demo's params.yaml), episodes/s vs {name}",
+                med(shared, "episodes_per_s"), med(t, "episodes_per_s"), runs=(shared, t, "episodes_per_s"))
     g = res.get("gold", {})
     if g:
         add("")
