@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 # The demo's raw data, generated deterministically (same bytes, same DVC hash as data.dvc on any machine).
 data: venv
-	$(VENV)/bin/rlhf demo-data data
+	$(VENV)/bin/rlhf demo-data data --skip-if-current
 
 pipeline: data
 	$(VENV)/bin/rlhf run

@@ -33,14 +33,26 @@ def stale_reasons(stage: str, root: str | Path = ".") -> list[str]:
 
 def all_stale_reasons(stages: list[str], root: str | Path = ".") -> dict[str, list[str]]:
     """``stale_reasons`` of every stage from ONE status call (one repository open, one pass over the workspace),
-    valid until a stage runs: then its downstream stages must be asked again (``stale_reasons``)."""
+    valid until a stage runs: then the stages after it must be asked again (``commit_and_status``)."""
     with _repo(root) as repo:
-        status = repo.status(targets=list(stages))
-    out = {}
-    for stage in stages:
-        entries = [e for key, v in status.items() if key == stage or key.endswith(f":{stage}") for e in v]
-        out[stage] = _reasons(entries)
-    return out
+        return _status_map(repo, stages)
+
+
+def _status_map(repo, stages: list[str]) -> dict[str, list[str]]:
+    if not stages:
+        return {}
+    status = repo.status(targets=list(stages))
+    return {stage: _reasons([e for key, v in status.items() if key == stage or key.endswith(f":{stage}") for e in v])
+            for stage in stages}
+
+
+def commit_and_status(stage: str, remaining: list[str], root: str | Path = ".") -> dict[str, list[str]]:
+    """Record ``stage`` in dvc.lock and cache its outputs (as `dvc repro` would), then the stale reasons of the ``remaining`` stages, in one repository session."""
+    with _repo(root) as repo:
+        repo.commit(stage, force=True)
+        if hasattr(repo, "_reset"):              # drop the index cached before the commit
+            repo._reset()
+        return _status_map(repo, remaining)
 
 
 def _reasons(entries: list) -> list[str]:
@@ -54,12 +66,6 @@ def _reasons(entries: list) -> list[str]:
         else:
             reasons.append(str(entry))
     return reasons
-
-
-def commit(stage: str, root: str | Path = ".") -> None:
-    """Record the stage's deps, params and outs in dvc.lock and cache its outputs, as `dvc repro` would."""
-    with _repo(root) as repo:
-        repo.commit(stage, force=True)
 
 
 def configure(root: str | Path = ".") -> None:

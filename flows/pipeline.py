@@ -8,7 +8,7 @@ import time
 import mlflow
 from prefect import flow, get_run_logger
 
-from flows.dag import all_stale_reasons, commit, configure, stage_order, stale_reasons
+from flows.dag import all_stale_reasons, commit_and_status, configure, stage_order
 from tasks import annotate, collect, evaluate, ppo, preferences, prepare, pretrain, reward, sft
 from flows.promote import promote, summary
 from tasks.tracking import PARENT_ENV, pipeline_run
@@ -35,11 +35,11 @@ def rlhf_pipeline(params_path: str = "params.yaml", force: bool = False) -> dict
     with pipeline_run(params_path) as parent:             # continues the parent run of a crashed flow run
         os.environ[PARENT_ENV] = parent.info.run_id
         try:
-            initial = {} if force else all_stale_reasons(order)    # one DVC status for the whole graph
-            ran = False
-            for stage in order:
-                # Until a stage runs, the first status holds; after that, downstream stages are asked again.
-                reasons = [] if force else stale_reasons(stage) if ran else initial[stage]
+            # One DVC status for the whole graph; after each stage that runs, one more for the stages after it (in the
+            # same repository session as its commit): what a stage's run changes can only make later stages stale.
+            stale = {} if force else all_stale_reasons(order)
+            for i, stage in enumerate(order):
+                reasons = [] if force else stale[stage]
                 if not (force or reasons):
                     log.info("%s: up to date, skipped", stage)
                     results[stage] = "skipped"
@@ -51,8 +51,8 @@ def rlhf_pipeline(params_path: str = "params.yaml", force: bool = False) -> dict
                 except Exception as e:
                     log.error("%s: failed: %s: %s", stage, type(e).__name__, e)
                     raise StageFailed(f"stage {stage!r} failed: {type(e).__name__}: {e}") from e
-                commit(stage)
-                ran = True
+                refreshed = commit_and_status(stage, [] if force else order[i + 1:])
+                stale.update(refreshed)
                 mlflow.log_metric(f"seconds/{stage}", time.perf_counter() - t0)
         finally:
             os.environ.pop(PARENT_ENV, None)

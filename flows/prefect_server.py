@@ -1,0 +1,94 @@
+"""A temporary local Prefect API server for one `rlhf run`, started in the background while the flow's imports load.
+
+Without ``PREFECT_API_URL`` Prefect starts its own temporary server on the flow's first API call: ~4 s of server
+start-up, after the ~4-5 s of importing the flow (torch, transformers, mlflow, dvc), and importing the server module
+in-process costs as much again. Here the CLI starts the same server (Prefect's own app factory under uvicorn, as
+Prefect's ``SubprocessASGIServer`` does) as a separate process FIRST, so its boot overlaps the imports on another
+core; the flow then runs against it through ``temporary_settings(PREFECT_API_URL=...)``, and it is stopped when the
+process exits (after Prefect has flushed its logs and events to it). With ``PREFECT_API_URL`` set, or ephemeral
+mode off, nothing is started and the configured server is used.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalServer:
+    def __init__(self, port: int, process: subprocess.Popen):
+        self.port, self.process = port, process
+        self.api_url = f"http://127.0.0.1:{port}/api"
+
+    @classmethod
+    def start(cls) -> "LocalServer":
+        prefect_dir = Path(importlib.util.find_spec("prefect").submodule_search_locations[0])
+        port = _free_port()
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+               "PREFECT__SERVER_FINAL": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env.pop("PREFECT_API_URL", None)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
+             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "error", "--lifespan", "on"],
+            env=env, stdin=subprocess.DEVNULL)
+        server = cls(port, process)
+        atexit.register(server.stop)        # registered before Prefect's own exit handlers, so it runs after them
+        return server
+
+    def wait(self, timeout: float = 120.0) -> None:
+        """Block until the API answers its health check (or raise naming the port and the exit status)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the temporary Prefect server on port {self.port} exited with status "
+                                   f"{self.process.returncode} while starting")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the temporary Prefect server on port {self.port} did not answer within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:                           # a throwaway server: no reason to wait long for open connections
+                self.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_if_needed() -> LocalServer | None:
+    """Start a temporary server when Prefect would (no API URL configured, ephemeral mode allowed)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return None
+    return LocalServer.start()
+
+
+@contextlib.contextmanager
+def using(server: LocalServer | None):
+    """Run the block against ``server`` (wait for it first); without one, against what Prefect is configured for."""
+    if server is None:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    server.wait()
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield
