@@ -66,12 +66,21 @@ class LocalServer:
 
     def stop(self) -> None:
         if self.process.poll() is None:
+            _drain_prefect_workers()       # logs and events still queued go to the server before it goes
             self.process.terminate()
             try:                           # a throwaway server: no reason to wait long for open connections
                 self.process.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def _drain_prefect_workers() -> None:
+    """Flush Prefect's log and event workers (a no-op when none runs, e.g. after the interpreter's exit drained them)."""
+    for module, name in (("prefect.logging.handlers", "APILogWorker"), ("prefect.events.worker", "EventsWorker")):
+        if module in sys.modules:
+            with contextlib.suppress(Exception):
+                getattr(sys.modules[module], name).drain_all(timeout=5)
 
 
 def start_if_needed() -> LocalServer | None:
