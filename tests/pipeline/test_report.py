@@ -89,7 +89,12 @@ def test_report_of_a_given_run_has_every_part(tiny_run, tmp_path):
     assert sorted(rows) == sorted(STAGES)
     for stage, run_id in tiny_run["stage_runs"].items():
         assert run_id in rows[stage] and "this pipeline run" in rows[stage] and "<td>yes</td>" in rows[stage], stage
-    assert "rlhf-policy v1 (challenger)" in rows["ppo"] and "rlhf-reward-model v1 (challenger)" in rows["reward"]
+    # Version and aliases as the registry holds them (champion too when the tiny run's gates happened to pass).
+    from mlflow import MlflowClient
+    client = MlflowClient(tracking_uri=tiny_run["uri"])
+    for stage, name in (("ppo", "rlhf-policy"), ("reward", "rlhf-reward-model")):
+        aliases = list(client.get_model_version(name, "1").aliases)
+        assert "challenger" in aliases and f"{name} v1 ({', '.join(aliases)})" in rows[stage], (aliases, rows[stage])
     # The flow gates its challengers at the end: the page shows that decision (from the MLflow promote run).
     promotion = page.split('id="promotion"')[1].split("</section>")[0]
     assert "decision: <b>" in promotion and "rlhf-policy" in promotion and "rlhf-reward-model" in promotion
@@ -122,7 +127,12 @@ def test_promotion_logged_on_a_promote_run_is_shown(tiny_run, tmp_path):
         assert "(from MLflow run <a href=" in page and run.info.run_id in page.split('id="promotion"')[1]
         assert "<td>win_rate</td><td class=\"num\">0.3</td>" in page
         first = report(tiny_run, tmp_path / "first", "--run-id", tiny_run["first"])
-        assert "rlhf-policy: refused" in first   # the first promote run started after that pipeline run
+        # The first pipeline run shows its own (nested) promote run's decision, whatever the tiny run's gates said.
+        own = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{tiny_run['first']}' and "
+                                                      "attributes.run_name = 'promote'")
+        decision = client.download_artifacts(own[0].info.run_id, "promotion/report.json", str(tmp_path))
+        policy = json.loads(Path(decision).read_text())["policy"]["decision"]
+        assert f"rlhf-policy: {policy}" in first
     finally:
         client.delete_run(run.info.run_id)       # the other tests see no promotion
 
