@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import read_jsonl, set_threads  # noqa: E402
+from common import ppo_overrides, read_jsonl, set_threads  # noqa: E402
 
 CODE = Path(os.environ.get("RLHF_BENCH_CODE", Path(__file__).resolve().parents[1]))
 SFT_STEPS = 40
@@ -193,11 +193,9 @@ def bench_ppo(a) -> dict:
     from rlhf.stages.ppo import build_models
 
     p, art = load_params(CODE / "params.yaml"), Path(a.artifacts)
-    if a.set:                                   # the benchmark's PPO settings (bench.py OURS_PPO_SET)
-        import yaml
-        p = dataclasses.replace(p, ppo=dataclasses.replace(p.ppo, **{k: yaml.safe_load(v) for k, v in (
-            kv.split("=", 1) for kv in a.set)}))
-    cfg = dataclasses.replace(p.ppo, policy_path=str(art / "models" / "sft"), reward_path=str(art / "models" / "reward"),
+    # The benchmark's PPO settings (bench.py OURS_PPO_SET), then this workload's paths and schedule length.
+    cfg = dataclasses.replace(ppo_overrides(p.ppo, a.set), policy_path=str(art / "models" / "sft"),
+                              reward_path=str(art / "models" / "reward"),
                               prompts=str(art / "data" / "prompts_ppo.jsonl"), total_episodes=PPO_EPISODES)
     tok = load_tokenizer(cfg.policy_path)
     prompts = [r["prompt"] for r in load_jsonl(cfg.prompts)]

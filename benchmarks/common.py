@@ -84,3 +84,16 @@ def timed_method(obj, name: str, clock: PhaseClock, phase: str, when=lambda: Tru
 
 def env_threads(default: int = 2) -> int:
     return int(os.environ.get("OMP_NUM_THREADS", default))
+
+
+def ppo_overrides(cfg, sets: list[str]):
+    """``cfg`` (a PPOConfig) with ``--set KEY=VALUE`` overrides (YAML values), checked like params.yaml (an unknown
+    key or a wrong type is an error naming it). Our side only: imports the project."""
+    if not sets:
+        return cfg
+    import dataclasses
+
+    import yaml
+    from rlhf.config import PPOConfig, from_dict
+    values = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in sets)}
+    return from_dict(PPOConfig, {**dataclasses.asdict(cfg), **values}, "ppo")

@@ -9,7 +9,7 @@ and writes one JSON result (the driver, bench.py, reads the process's peak RSS f
 
 ``prepare`` writes the exact token sequences our loops train on, so TRL's scripts train on the same tokens.
 PPO variants switch one optimisation off (benchmark-only code in benchmarks/variants.py): ``no-kv-cache``,
-``fixed-length`` (no early stop), ``separate-value`` (the value from a second trunk: ppo.value_model=separate).
+``fixed-length`` (no early stop); ``--set KEY=VALUE`` overrides a ``ppo:`` parameter (e.g. ``value_model=separate``).
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PhaseClock, read_jsonl, set_threads, timed_method, write_jsonl, write_result  # noqa: E402
+from common import (PhaseClock, ppo_overrides, read_jsonl, set_threads, timed_method, write_jsonl,  # noqa: E402
+                    write_result)
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = Path(os.environ.get("RLHF_BENCH_CODE", ROOT))     # the frozen code bench.py measures (its params.yaml too)
@@ -124,11 +125,7 @@ def cmd_ppo(a) -> None:
     p, art = params(), Path(a.artifacts)
     cfg = dataclasses.replace(p.ppo, policy_path=str(art / "models" / "sft"), reward_path=str(art / "models" / "reward"),
                               prompts=str(art / "data" / "prompts_ppo.jsonl"), total_episodes=a.episodes)
-    if a.variant == "separate-value":
-        cfg = dataclasses.replace(cfg, value_model="separate")
-    if a.set:                                   # e.g. --set adaptive_kl=false: a ppo: key of params.yaml
-        import yaml
-        cfg = dataclasses.replace(cfg, **{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in a.set)})
+    cfg = ppo_overrides(cfg, a.set)             # e.g. --set value_model=separate: a ppo: key of params.yaml
     if a.variant in ("no-kv-cache", "fixed-length"):
         import variants                         # the core's sampler with that one optimisation off
         ppo_mod.sample = variants.SAMPLERS[a.variant]
@@ -242,7 +239,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out")
     ap.add_argument("--steps", type=int, default=0)
     ap.add_argument("--episodes", type=int, default=1280)
-    ap.add_argument("--variant", default="default", choices=["default", "no-kv-cache", "fixed-length", "separate-value"])
+    ap.add_argument("--variant", default="default", choices=["default", "no-kv-cache", "fixed-length"])
     ap.add_argument("--samples")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ppo: parameter")
     ap.add_argument("--corpus")

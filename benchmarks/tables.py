@@ -39,18 +39,14 @@ def report(res: dict) -> str:
             per = ", ".join(fmt(ratio(x.get(key), y.get(key)), ".2f") for x, y in zip(o, t))
         add(f"| {label} | {fmt(ours, spec)} | {fmt(trl, spec)} | {fmt(r, '.2f')} | {per} | {target or ''} | {met} |")
 
-    if "sft" in R:
-        row("SFT tokens/s", med(R["sft"]["ours"], "tokens_per_s"), med(R["sft"]["trl"], "tokens_per_s"),
-            ">= 1.2x", goal=lambda r: r >= 1.2, runs=(R["sft"]["ours"], R["sft"]["trl"], "tokens_per_s"))
-        row("  SFT tokens per CPU-second", per_cpu(R["sft"]["ours"], "tokens"), per_cpu(R["sft"]["trl"], "tokens"))
-        row("SFT peak RSS (MiB, max over runs)", max_of(R["sft"]["ours"]), max_of(R["sft"]["trl"]), "<= 1.0x",
-            goal=lambda r: r <= 1.0)
-    if "reward" in R:
-        row("reward pairs/s", med(R["reward"]["ours"], "pairs_per_s"), med(R["reward"]["trl"], "pairs_per_s"),
-            ">= 1.2x", goal=lambda r: r >= 1.2, runs=(R["reward"]["ours"], R["reward"]["trl"], "pairs_per_s"))
-        row("  reward pairs per CPU-second", per_cpu(R["reward"]["ours"], "pairs"), per_cpu(R["reward"]["trl"], "pairs"))
-        row("reward peak RSS (MiB, max over runs)", max_of(R["reward"]["ours"]), max_of(R["reward"]["trl"]), "<= 1.0x",
-            goal=lambda r: r <= 1.0)
+    for stage, label, unit in (("sft", "SFT", "tokens"), ("reward", "reward", "pairs")):
+        if stage not in R:
+            continue
+        o, t = R[stage]["ours"], R[stage]["trl"]
+        row(f"{label} {unit}/s", med(o, f"{unit}_per_s"), med(t, f"{unit}_per_s"), ">= 1.2x", goal=lambda r: r >= 1.2,
+            runs=(o, t, f"{unit}_per_s"))
+        row(f"  {label} {unit} per CPU-second", per_cpu(o, unit), per_cpu(t, unit))
+        row(f"{label} peak RSS (MiB, max over runs)", max_of(o), max_of(t), "<= 1.0x", goal=lambda r: r <= 1.0)
     for key, name, target, goal in (("ppo", "TRL 1.12 PPO", ">= 1.5x", lambda r: r >= 1.5),
                                     ("rloo", "TRL RLOO", "> 1.0x", lambda r: r > 1.0)):
         if key not in R:

@@ -175,24 +175,34 @@ def decode_sample(tok, query_ids, response_ids, eos_id, pad_id):
     return tok.decode(q), tok.decode(keep).strip(), ended
 
 
+def policy_setup(a):
+    """What the PPO and RLOO runs start from: the manifest, our ``ppo:`` params (``--seed`` replacing the seed),
+    seeded RNGs, the tokenizer, and a loader of the SFT policy with our pad token (distinct from EOS)."""
+    from transformers import AutoModelForCausalLM
+
+    m, art, work = manifest(a.work), Path(a.artifacts), Path(a.work)
+    p = {**m["ppo"], **({"seed": a.seed} if a.seed >= 0 else {})}    # --seed: one run of several seeds
+    seed_all(p["seed"])
+    tok = tokenizer(art / "models" / "sft")
+
+    def load_sft():
+        lm = AutoModelForCausalLM.from_pretrained(str(art / "models" / "sft"))
+        lm.config.pad_token_id = tok.pad_token_id
+        lm.generation_config.pad_token_id = tok.pad_token_id
+        return lm
+    return m, art, work, p, tok, load_sft
+
+
 def cmd_ppo(a) -> None:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
     import trl.experimental.ppo.ppo_trainer as M
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     hf_logging.set_verbosity_error()
-    m, art, work = manifest(a.work), Path(a.artifacts), Path(a.work)
-    p = {**m["ppo"], **({"seed": a.seed} if a.seed >= 0 else {})}    # --seed: one run of several seeds
-    seed_all(p["seed"])
-    tok = tokenizer(art / "models" / "sft")
-    policy = AutoModelForCausalLM.from_pretrained(str(art / "models" / "sft"))
-    ref = AutoModelForCausalLM.from_pretrained(str(art / "models" / "sft"))
-    for lm in (policy, ref):
-        lm.config.pad_token_id = tok.pad_token_id
-        lm.generation_config.pad_token_id = tok.pad_token_id
+    m, art, work, p, tok, load_sft = policy_setup(a)
+    policy, ref = load_sft(), load_sft()
     reward = seqcls_from_ours(art / "models" / "reward", normalised=True)
     value = seqcls_from_ours(art / "models" / "reward", normalised=False)   # TRL's convention: critic from the RM
     for mdl in (reward, value):
@@ -292,18 +302,12 @@ def cmd_ppo(a) -> None:
 def cmd_rloo(a) -> None:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
     from trl import RLOOConfig, RLOOTrainer
 
     hf_logging.set_verbosity_error()
-    m, art, work = manifest(a.work), Path(a.artifacts), Path(a.work)
-    p = {**m["ppo"], **({"seed": a.seed} if a.seed >= 0 else {})}    # --seed: one run of several seeds
-    seed_all(p["seed"])
-    tok = tokenizer(art / "models" / "sft")
-    policy = AutoModelForCausalLM.from_pretrained(str(art / "models" / "sft"))
-    policy.config.pad_token_id = tok.pad_token_id
-    policy.generation_config.pad_token_id = tok.pad_token_id
+    m, art, work, p, tok, load_sft = policy_setup(a)
+    policy = load_sft()
     rm = seqcls_from_ours(art / "models" / "reward", normalised=True).eval()
     rm.config.pad_token_id = tok.pad_token_id
     prompts = read_jsonl(work / "ppo_prompts.jsonl")

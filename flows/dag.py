@@ -26,9 +26,7 @@ def stage_order(root: str | Path = ".") -> list[str]:
 
 def stale_reasons(stage: str, root: str | Path = ".") -> list[str]:
     """Why ``stage`` would run under `dvc repro` (empty when it is up to date)."""
-    with _repo(root) as repo:
-        status = repo.status(targets=[stage])
-    return _reasons([e for entries in status.values() for e in entries])
+    return all_stale_reasons([stage], root)[stage]
 
 
 def all_stale_reasons(stages: list[str], root: str | Path = ".") -> dict[str, list[str]]:

@@ -188,10 +188,14 @@ class AdapterDisabled(nn.Module):
 
 
 # -- one call per stage ---------------------------------------------------------------------------------------------
-def prepare(module: nn.Module, device: torch.device, compute, trainable: bool = True) -> nn.Module:
-    """Move ``module`` to ``device``, and apply the precision and (for a trained model) checkpointing switches of
-    ``compute`` (a ComputeConfig)."""
+def prepare(module: nn.Module, device: torch.device, compute, trainable: bool = True,
+            hf: nn.Module | None = None) -> nn.Module:
+    """Move ``module`` (all of it: heads and buffers too) to ``device`` and apply the precision and (for a trained
+    model) checkpointing switches of ``compute`` (a ComputeConfig) to ``hf``, the Hugging Face model inside it
+    (``PolicyWithValueHead.lm``, ``RewardModel.trunk``; default: the module itself). Returns ``module``."""
     module.to(device)
+    target = module if hf is None else hf
     if trainable and compute.gradient_checkpointing:
-        enable_gradient_checkpointing(module)
-    return autocast_forward(module, device, compute.precision)
+        enable_gradient_checkpointing(target)
+    autocast_forward(target, device, compute.precision)
+    return module

@@ -47,7 +47,7 @@ def lm_response_logits(model, ids: torch.Tensor, attn: torch.Tensor, context_len
     n = ids.size(1) - context_length + 1
     kw = {"logits_to_keep": n} if supports_logits_to_keep(model) else {}
     logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn), **kw).logits
-    return logits[:, -n:-1] / temperature
+    return response_logits(logits, n - 1, temperature)
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -123,9 +123,11 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tok
     return Rollout(query_ids, query_mask, response_ids, response_mask, finished)
 
 
-def response_logits(logits: torch.Tensor, context_length: int, temperature: float) -> torch.Tensor:
-    """Logits (B, P+R, V) of the full sequence -> the (B, R, V) logits that predict the response tokens."""
-    return logits[:, context_length - 1:-1] / temperature
+def response_logits(logits: torch.Tensor, response_length: int, temperature: float) -> torch.Tensor:
+    """Logits of a prompt + response sequence -> the (B, R, V) logits that predict the R response tokens, tempered.
+    Counted from the end, so it holds for the full (B, P+R, V) logits and for the last R+1 positions alone
+    (``logits_to_keep``)."""
+    return logits[:, -(response_length + 1):-1] / temperature
 
 
 def gather_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

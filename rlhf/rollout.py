@@ -11,7 +11,8 @@ import torch
 
 from rlhf.advantages import gae, whiten_advantages
 from rlhf.data import pad_left
-from rlhf.generation import Rollout, gather_logprobs, lm_response_logits, supports_logits_to_keep
+from rlhf.generation import (Rollout, gather_logprobs, lm_response_logits, response_logits,
+                             supports_logits_to_keep)
 from rlhf.logprobs import entropy_from_logits
 from rlhf.masking import masked_mean
 from rlhf.rewards import apply_missing_eos_penalty, shape_rewards
@@ -42,7 +43,7 @@ def policy_forward(policy, ids: torch.Tensor, attn: torch.Tensor, context_length
     n = ids.size(1) - context_length + 1
     keep = n if supports_logits_to_keep(policy.lm) else 0
     logits, values = policy(ids, attn, logits_to_keep=keep)               # (B, n or T, V), (B, T)
-    return logits[:, -n:-1] / temperature, values[:, context_length - 1:-1]
+    return response_logits(logits, n - 1, temperature), values[:, context_length - 1:-1]
 
 
 def repack_for_reward(rollout: Rollout, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,8 +11,8 @@ from rlhf.accel import model_device, to_device
 from rlhf.config import EvaluateConfig
 from rlhf.data import encode_prompt, encode_response, load_jsonl, pad_left, write_jsonl
 from rlhf.demo.judge import GoldJudge
-from rlhf.generation import gather_logprobs, response_logits, sample_responses
-from rlhf.modeling import RewardModel, load_causal_lm, load_tokenizer, position_ids_from_mask
+from rlhf.generation import Rollout, logprobs_of, sample_responses
+from rlhf.modeling import RewardModel, load_causal_lm, load_tokenizer
 from rlhf.reward import score_texts
 from rlhf.stages.common import StageResult, seed_everything
 
@@ -38,10 +38,9 @@ def sequence_logprob(model, tok, prompts, responses, ended, temperature: float, 
         r_mask = torch.zeros((len(r), width), dtype=torch.long)
         for j, x in enumerate(r):
             r_ids[j, :len(x)], r_mask[j, :len(x)] = torch.tensor(x), 1
-        ids, attn = torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1)
-        ids, attn, r_ids, r_mask = to_device(model_device(model), ids, attn, r_ids, r_mask)
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn)).logits
-        lp = gather_logprobs(response_logits(logits, q_ids.size(1), temperature), r_ids)
+        q_ids, q_mask, r_ids, r_mask = to_device(model_device(model), q_ids, q_mask, r_ids, r_mask)
+        lp = logprobs_of(model, Rollout(q_ids, q_mask, r_ids, r_mask, torch.tensor(ended[i:i + batch_size])),
+                         temperature)
         out.append((lp * r_mask).sum(1).cpu())
     return torch.cat(out)
 
@@ -88,8 +87,8 @@ def run(cfg: EvaluateConfig, on_log=None) -> StageResult:
     gold_sft, gold_pol = judge.score_many(prompts, sft_txt, sft_end), judge.score_many(prompts, pol_txt, pol_end)
     kl = (sequence_logprob(policy, tok, prompts, pol_txt, pol_end, s.temperature)
           - sequence_logprob(sft, tok, prompts, pol_txt, pol_end, s.temperature))
-    reward = RewardModel.from_pretrained(cfg.reward_path).eval().to(device)
-    accel.prepare(reward.trunk, device, cfg.compute, trainable=False)
+    reward = RewardModel.from_pretrained(cfg.reward_path).eval()
+    accel.prepare(reward, device, cfg.compute, trainable=False, hf=reward.trunk)
     rep = [p for p in prompts for _ in range(RM_PAIRS_K)]
     k_txt, k_end = sample_responses(sft, tok, rep, s.max_new_tokens, s.temperature, s.batch_size, cfg.seed + 1,
                                     on_progress=progress)

@@ -29,10 +29,9 @@ def build_models(cfg: PPOConfig, tok, device=None) -> PPOModels:
         ref = accel.AdapterDisabled(lm)
     else:
         ref = accel.prepare(load_causal_lm(cfg.policy_path, tok).eval(), device, cfg.compute, trainable=False)
-    policy = PolicyWithValueHead(lm).to(device)
-    accel.prepare(lm, device, cfg.compute)
-    reward = RewardModel.from_pretrained(cfg.reward_path).eval().to(device)
-    accel.prepare(reward.trunk, device, cfg.compute, trainable=False)
+    policy = accel.prepare(PolicyWithValueHead(lm), device, cfg.compute, hf=lm)
+    reward = RewardModel.from_pretrained(cfg.reward_path).eval()
+    accel.prepare(reward, device, cfg.compute, trainable=False, hf=reward.trunk)
     value_model = None
     if cfg.value_model == "separate":
         # A critic initialised from the reward model (TRL's PPO default): its trunk, a fresh per-token value head.
@@ -41,8 +40,7 @@ def build_models(cfg: PPOConfig, tok, device=None) -> PPOModels:
         value_model.train_top_layers(cfg.critic_train_layers)
         if cfg.lora.r:
             value_model.trunk = accel.apply_lora(value_model.trunk, cfg.lora, causal_lm=False)
-        value_model.to(device)
-        accel.prepare(value_model.trunk, device, cfg.compute)
+        accel.prepare(value_model, device, cfg.compute, hf=value_model.trunk)
     return PPOModels(policy, ref, reward, value_model)
 
 

@@ -42,8 +42,7 @@ def run(cfg: RewardConfig, on_log=None) -> StageResult:
     model = RewardModel.from_causal_lm_path(cfg.model_path, tok)
     if cfg.lora.r:
         model.trunk = accel.apply_lora(model.trunk, cfg.lora, causal_lm=False)
-    model.to(device)
-    accel.prepare(model.trunk, device, cfg.compute)
+    accel.prepare(model, device, cfg.compute, hf=model.trunk)
     distributed.broadcast_parameters(model, dist)
     elo = load_elo(data / "elo.jsonl") if cfg.loss == "elo" else None
     train = encode_groups(tok, load_jsonl(data / "rankings_train.jsonl"), cfg.train.max_length, elo)
