@@ -9,6 +9,19 @@ def med(runs: list[dict], key: str):
     return statistics.median(vals) if vals else None
 
 
+def welch_interval(a: list[float], b: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """mean(a) - mean(b) and its two-sided ``level`` interval (Welch's t, unequal variances, from the runs' spread)."""
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    d, se = statistics.mean(a) - statistics.mean(b), (va + vb) ** 0.5
+    df = (va + vb) ** 2 / ((va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) or 1e-300)
+    try:
+        from scipy.stats import t as student_t       # installed with the project's stack; normal quantile if not
+        q = float(student_t.ppf(0.5 + level / 2, df))
+    except ImportError:
+        q = statistics.NormalDist().inv_cdf(0.5 + level / 2)
+    return d, d - q * se, d + q * se
+
+
 def ratio(x, y):
     return x / y if x and y else None
 
@@ -79,13 +92,23 @@ def report(res: dict) -> str:
     if g:
         add("")
         add("| gold judge (same episodes; mean over runs) | start (first 20%) | end (last 20%) +- se | "
-            "gain per 1000 episodes (slope) +- se |")
-        add("|---|---|---|---|")
+            "gain per 1000 episodes (slope) +- se | per run (run r = seed r) |")
+        add("|---|---|---|---|---|")
         for name, v in g.items():
             add(f"| {name} ({len(v.get('runs', [])) or 1} run(s), {int(v.get('iterations', 0))} iterations) | "
                 f"{fmt(v.get('gold_first_k'), '.3f')} | {fmt(v.get('gold_last_k'), '.3f')} +- "
                 f"{fmt(v.get('gold_last_k_se'), '.3f')} | {fmt(v.get('gold_gain_per_1k_episodes'), '+.3f')} +- "
-                f"{fmt(v.get('gold_gain_per_1k_episodes_se'), '.3f')} |")
+                f"{fmt(v.get('gold_gain_per_1k_episodes_se'), '.3f')} | "
+                f"{', '.join(fmt(r.get('gold_gain_per_1k_episodes'), '.3f') for r in v.get('runs', []))} |")
+        gains = {name: [r["gold_gain_per_1k_episodes"] for r in v.get("runs", [])] for name, v in g.items()}
+        ours = next((x for n, x in gains.items() if n.startswith("ours PPO (separate")), None)
+        trl = gains.get("TRL 1.12 PPO")
+        if ours and trl and min(len(ours), len(trl)) >= 2:
+            d, lo, hi = welch_interval(ours, trl)
+            add("")
+            add(f"Gold gain per 1000 episodes, ours (separate critic) - TRL 1.12 PPO: {d:+.3f}, 95% interval "
+                f"[{lo:+.3f}, {hi:+.3f}] (Welch, {len(ours)} and {len(trl)} seeds; the seed-to-seed spread, not the "
+                f"within-run se): {d / statistics.mean(trl):+.1%} of TRL's gain.")
     ab = res.get("ablations") or {}
     if ab.get("ppo", {}).get("speedup_is") or ab.get("sft", {}).get("speedup_is"):
         ablation_table(ab, add)
