@@ -32,6 +32,8 @@ PPO (one iteration's phases generation / scoring / optimisation):
   shared-value       the value head on the policy's trunk (ppo.value_model=shared: read from the policy's own forward)
                      instead of the separate critic of params.yaml; a cheaper but weaker design (BENCHMARKS.md), so
                      its ratio is below 1: what the separate critic costs
+  recompute-logprobs the behaviour log-probs (and the shared head's values) recomputed by a policy forward over
+                     prompt + response in the scoring phase instead of recorded by the sampler (``record=False``)
   all-value-epochs   the critic trained in every PPO epoch (ppo.value_epochs=0) instead of params.yaml's first N:
                      the later epochs' critic forward and backward passes are what value_epochs saves
 The sampler variants are benchmarks/variants.py's: the core's sampler with exactly that one thing changed.
@@ -67,12 +69,13 @@ OPTIMISATION = {
     "extra-decode-step": "no decode step after the last token",
     "no-kv-cache": "KV cache in generation",
     "fixed-length": "early stop once every row has ended",
+    "recompute-logprobs": "behaviour log-probs recorded while sampling (a policy forward to recompute them instead)",
     "shared-value": "separate critic (value head on the policy trunk instead: cheaper, learns less)",
     "all-value-epochs": "value loss in the first value_epochs only (critic in every epoch instead)",
 }
 SFT_VARIANTS = ["default", "gelu-new", "unfused-adamw"]
 PPO_VARIANTS = ["default", "gelu-new", "unfused-adamw", "full-logits", "multinomial-draw", "extra-decode-step",
-                "no-kv-cache", "fixed-length", "shared-value", "all-value-epochs"]
+                "no-kv-cache", "fixed-length", "recompute-logprobs", "shared-value", "all-value-epochs"]
 SPEEDUP = "variant time / default time (> 1: the optimisation switched off buys that factor)"
 
 
@@ -228,6 +231,9 @@ def bench_ppo(a) -> dict:
             G.draw = V.draw_multinomial              # the name the core's sample (and V.core_draw) look up
         elif name == "full-logits":
             G.supports_logits_to_keep = R.supports_logits_to_keep = lambda model: False
+        elif name == "recompute-logprobs":
+            core = P.sample
+            P.sample = lambda *args, **kw: core(*args, **{**kw, "record": False, "hidden": False})
         try:
             yield
         finally:

@@ -25,6 +25,7 @@ import torch
 
 import rlhf.generation as G
 from rlhf.generation import Rollout, _cache_kwarg, _cache_of
+from rlhf.logprobs import entropy_from_logits
 from rlhf.modeling import position_ids_from_mask
 
 
@@ -42,25 +43,34 @@ def make_sampler(cache: bool = True, early_stop: bool = True, draw=core_draw, ex
     """The core's sampler with the given switches; the defaults are the core's (``sample_core``).
 
     ``cache``: KV cache (else every step re-runs the prefix); ``early_stop``: stop once every row has ended;
-    ``draw(probs, generator)``: the token draw; ``extra_step``: one more decode step after the last token."""
+    ``draw(probs, generator)``: the token draw; ``extra_step``: one more decode step after the last token.
+    ``record`` / ``hidden`` as the core's (behaviour log-probs, entropies, hidden states kept while sampling)."""
     @torch.no_grad()
-    def sample(model, query_ids, query_mask, max_new_tokens, temperature, eos_id, pad_id, generator=None):
+    def sample(model, query_ids, query_mask, max_new_tokens, temperature, eos_id, pad_id, generator=None,
+               record=False, hidden=False):
         was_training = model.training
         model.eval()
         B, dev = query_ids.size(0), query_ids.device
         ids, attn = query_ids, query_mask.clone()
-        out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn), use_cache=cache)
+        hs = {"output_hidden_states": True} if hidden else {}
+        out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn), use_cache=cache,
+                    **hs)
         cache_kw = _cache_kwarg(model)
         past, logits = (_cache_of(out) if cache else None), out.logits[:, -1]         # (B, V)
         next_pos = attn.sum(1, keepdim=True)                                          # (B, 1)
         finished = torch.zeros(B, dtype=torch.bool, device=dev)
-        tokens, masks = [], []
+        tokens, masks, logps, states = [], [], [], []
         for step in range(max_new_tokens):
-            probs = torch.softmax(logits.float() / temperature, dim=-1)               # (B, V)
+            scaled = logits.float() / temperature                                     # (B, V)
+            probs = torch.softmax(scaled, dim=-1)                                     # (B, V)
             tok = draw(probs, generator)                                              # (B,)
             tok = torch.where(finished, torch.full_like(tok, pad_id), tok)
             tokens.append(tok)
             masks.append((~finished).long())
+            if record:
+                logps.append(scaled)
+            if hidden:
+                states.append(out.hidden_states[-1][:, -1])
             finished = finished | (tok == eos_id)
             last = step == max_new_tokens - 1
             if (early_stop and bool(finished.all())) or (last and not extra_step):
@@ -68,16 +78,21 @@ def make_sampler(cache: bool = True, early_stop: bool = True, draw=core_draw, ex
             attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=dev)], 1)
             if cache:
                 out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True,
-                            **{cache_kw: past})
+                            **{cache_kw: past}, **hs)
                 past = _cache_of(out)
             else:
                 ids = torch.cat([ids, tok[:, None]], 1)
                 out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn),
-                            use_cache=False)
+                            use_cache=False, **hs)
             logits = out.logits[:, -1]
             next_pos = next_pos + 1
         model.train(was_training)
-        return Rollout(query_ids, query_mask, torch.stack(tokens, 1), torch.stack(masks, 1), finished)
+        response_ids = torch.stack(tokens, 1)
+        scaled = torch.stack(logps, 1) if record else None
+        return Rollout(query_ids, query_mask, response_ids, torch.stack(masks, 1), finished,
+                       logprobs=G.gather_logprobs(scaled, response_ids) if record else None,
+                       entropy=entropy_from_logits(scaled) if record else None,
+                       hidden=torch.stack(states, 1) if hidden else None)
     return sample
 
 
@@ -133,14 +148,17 @@ def self_test(model=None, query_ids=None, query_mask=None, max_new_tokens: int =
 
 
 def _check_seed(model, query_ids, query_mask, max_new_tokens, temperature, eos_id, pad_id, seed, calls) -> int:
-    def run(fn):
+    def run(fn, **kw):
         calls[:] = [0, 0]
         r = fn(model, query_ids, query_mask, max_new_tokens, temperature, eos_id, pad_id,
-               torch.Generator().manual_seed(seed))
+               torch.Generator().manual_seed(seed), **kw)
         return r, tuple(calls)
     (ref, n_ref), (got, n_got) = run(G.sample), run(sample_core)
     assert torch.equal(ref.response_ids, got.response_ids), f"seed {seed}: sample_core differs from the core"
     assert torch.equal(ref.response_mask, got.response_mask) and torch.equal(ref.ended, got.ended)
+    (ref_rec, _), (got_rec, _) = run(G.sample, record=True, hidden=True), run(sample_core, record=True, hidden=True)
+    for field in ("response_ids", "logprobs", "entropy", "hidden"):      # what PPO reads from a recording rollout
+        assert torch.equal(getattr(ref_rec, field), getattr(got_rec, field)), f"seed {seed}: recorded {field} differ"
     assert n_got == n_ref, f"seed {seed}: sample_core ran (forwards, tokens) {n_got}, the core {n_ref}"
     w = ref.response_ids.size(1)
     # The extra step happens when the loop reaches max_new_tokens with a row still open.

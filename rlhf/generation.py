@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from rlhf.accel import hf_model, model_device, to_device
 from rlhf.data import encode_prompt, pad_left
+from rlhf.logprobs import entropy_from_logits
 from rlhf.modeling import position_ids_from_mask
 
 
@@ -72,6 +74,10 @@ class Rollout:
     response_ids: torch.Tensor     # (B, R) pad after EOS
     response_mask: torch.Tensor    # (B, R) 1 on response tokens up to and including EOS
     ended: torch.Tensor            # (B,) bool: the response ended with EOS within R tokens
+    # Recorded while sampling (``sample(record=True)``), from the same logits the tokens were drawn from:
+    logprobs: Optional[torch.Tensor] = None     # (B, R) log-prob of each drawn token (tempered)
+    entropy: Optional[torch.Tensor] = None      # (B, R) entropy of each step's tempered distribution
+    hidden: Optional[torch.Tensor] = None       # (B, R, H) last hidden state that predicted each token (hidden=True)
 
     @property
     def context_length(self) -> int:
@@ -90,37 +96,54 @@ def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> tup
 
 @torch.no_grad()
 def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int, temperature: float,
-           eos_id: int, pad_id: int, generator: torch.Generator | None = None) -> Rollout:
+           eos_id: int, pad_id: int, generator: torch.Generator | None = None, record: bool = False,
+           hidden: bool = False) -> Rollout:
     """Sample up to ``max_new_tokens`` per prompt with a KV cache; stops early once every row has emitted EOS.
-    ``model`` is a causal LM (anything returning ``.logits`` and ``.past_key_values``)."""
+    ``model`` is a causal LM (anything returning ``.logits`` and ``.past_key_values``).
+
+    ``record``: also keep each drawn token's log-prob and each step's entropy (from the logits the draw used: PPO's
+    behaviour log-probs without a second forward, as TRL's PPO takes them from ``generate``'s scores); ``hidden``:
+    also keep the last hidden state that predicted each token (a value head on the policy's trunk reads it)."""
     was_training = model.training
     model.eval()
     B, dev = query_ids.size(0), query_ids.device
     attn = query_mask.clone()
-    out = model(input_ids=query_ids, attention_mask=attn, position_ids=position_ids_from_mask(attn), use_cache=True)
+    hs = {"output_hidden_states": True} if hidden else {}
+    out = model(input_ids=query_ids, attention_mask=attn, position_ids=position_ids_from_mask(attn), use_cache=True,
+                **hs)
     cache_kw = _cache_kwarg(model)
     past, logits = _cache_of(out), out.logits[:, -1]                              # (B, V)
     next_pos = attn.sum(1, keepdim=True)                                          # (B, 1) next absolute position
     finished = torch.zeros(B, dtype=torch.bool, device=dev)
-    tokens, masks = [], []
+    tokens, masks, steps, states = [], [], [], []
     for step in range(max_new_tokens):
-        probs = torch.softmax(logits.float() / temperature, dim=-1)               # (B, V)
-        tok = draw(probs, generator)                                              # (B,)
+        scaled = logits.float() / temperature                                     # (B, V)
+        probs = torch.softmax(scaled, dim=-1)                                     # (B, V)
+        tok = draw(probs, generator)                                              # (B,) the same draw recording or not
         tok = torch.where(finished, torch.full_like(tok, pad_id), tok)
         tokens.append(tok)
         masks.append((~finished).long())
+        if record:
+            steps.append(scaled)                                                   # log-probs after the loop
+        if hidden:
+            states.append(out.hidden_states[-1][:, -1])                                        # (B, H)
         finished = finished | (tok == eos_id)
         if step == max_new_tokens - 1 or bool(finished.all()):   # no forward whose logits would be dropped
             break
         attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=dev)], 1)
         out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
-                    use_cache=True, **{cache_kw: past})
+                    use_cache=True, **{cache_kw: past}, **hs)
         past, logits = _cache_of(out), out.logits[:, -1]
         next_pos = next_pos + 1
     model.train(was_training)
     response_ids = torch.stack(tokens, 1)                                         # (B, R')
     response_mask = torch.stack(masks, 1)                                         # (B, R')
-    return Rollout(query_ids, query_mask, response_ids, response_mask, finished)
+    logprobs = entropy = None
+    if record:                               # once over (B, R, V): a few ops instead of a few per decode step
+        scaled = torch.stack(steps, 1)                                            # (B, R', V)
+        logprobs, entropy = gather_logprobs(scaled, response_ids), entropy_from_logits(scaled)
+    return Rollout(query_ids, query_mask, response_ids, response_mask, finished, logprobs=logprobs, entropy=entropy,
+                   hidden=torch.stack(states, 1) if hidden else None)
 
 
 def response_logits(logits: torch.Tensor, response_length: int, temperature: float) -> torch.Tensor:

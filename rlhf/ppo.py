@@ -93,9 +93,15 @@ class PPOTrainer:
     def rollout(self, iteration: int):
         prompts = [self.prompts[i] for i in shard(self.schedule[iteration], self.dist)]
         q_ids, q_mask = to_device(model_device(self.m.policy), *encode_prompts(self.tok, prompts, MAX_PROMPT_TOKENS))
+        # fp32: the behaviour log-probs (and the shared head's hidden states) come from the sampler's own logits, as
+        # exact as a second forward (1e-6) without its cost. bf16 rounds the KV-cache steps and a full forward
+        # differently, so there they are recomputed by one forward like every later log-prob (ratio exactly 1 at
+        # the first update).
+        record = self.cfg.compute.precision == "fp32"
         return sample(self.m.policy.lm, q_ids, q_mask, self.cfg.sampling.max_new_tokens, self.cfg.sampling.temperature,
                       self.tok.eos_token_id, self.tok.pad_token_id,
-                      iteration_generator(self.dist.seed(self.cfg.seed), iteration, 1))
+                      iteration_generator(self.dist.seed(self.cfg.seed), iteration, 1),
+                      record=record, hidden=record and self.m.value_model is None)
 
     def experience(self, rollout) -> Experience:
         c = self.cfg

@@ -46,6 +46,21 @@ def policy_forward(policy, ids: torch.Tensor, attn: torch.Tensor, context_length
     return response_logits(logits, n - 1, temperature), values[:, context_length - 1:-1]
 
 
+def behaviour_forward(policy, rollout: Rollout, temperature: float, need_values: bool):
+    """Behaviour log-probs, entropies and (with ``need_values``) the shared head's values, each (B, R).
+
+    From what the sampler recorded when it could (``sample(record=True, hidden=...)``): no forward of the policy at
+    all (a separate critic gives the values; the shared head reads the recorded hidden states). Otherwise one
+    forward of the policy over prompt + response (the shared trunk gives log-probs and values together)."""
+    recorded = rollout.logprobs is not None and (rollout.hidden is not None or not need_values)
+    if recorded:
+        values = policy.value_head(rollout.hidden).squeeze(-1) if need_values else None      # (B, R, H) -> (B, R)
+        return rollout.logprobs, rollout.entropy, values
+    ids, attn = rollout.full()
+    logits, values = policy_forward(policy, ids, attn, rollout.context_length, temperature)
+    return gather_logprobs(logits, rollout.response_ids), entropy_from_logits(logits), values
+
+
 def repack_for_reward(rollout: Rollout, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt + response real tokens, left-padded again so the last real token (EOS when it ended) is last."""
     ids, attn = rollout.full()
@@ -63,10 +78,7 @@ def make_experience(policy, ref_model, reward_model, rollout: Rollout, *, temper
     ids, attn = rollout.full()
     mask = rollout.response_mask.float()                                    # (B, R)
     ctx = rollout.context_length
-    logits, values = policy_forward(policy, ids, attn, ctx, temperature)
-    logprobs = gather_logprobs(logits, rollout.response_ids)                # (B, R)
-    entropy = entropy_from_logits(logits)                                    # (B, R)
-    del logits
+    logprobs, entropy, values = behaviour_forward(policy, rollout, temperature, need_values=value_model is None)
     if value_model is not None:
         values = value_model(ids, attn)[:, ctx - 1:-1]
     with torch.inference_mode():

@@ -7,21 +7,22 @@ from rlhf.stages.common import StageResult
 
 
 def log_figures(stage: str, result: StageResult, max_series: int = 8) -> None:
-    """One PNG per plot table: every numeric column against step."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """One PNG per plot table: every numeric column against step. Matplotlib's object API with fixed margins (no
+    pyplot state, no layout solver: a third of the time per stage, which the pipeline's overhead counts)."""
+    from matplotlib.figure import Figure
 
     for name, rows in result.plots.items():
         keys = [k for k in rows[0] if k != "step"][:max_series] if rows else []
         if not keys:
             continue
-        fig, axes = plt.subplots(len(keys), 1, figsize=(6, 1.8 * len(keys)), sharex=True, squeeze=False)
+        height = 1.8 * len(keys)
+        fig = Figure(figsize=(6, height))
+        axes = fig.subplots(len(keys), 1, sharex=True, squeeze=False)
         steps = [r["step"] for r in rows]
         for ax, key in zip(axes[:, 0], keys):
             ax.plot(steps, [r.get(key) for r in rows])
             ax.set_ylabel(key, fontsize=7)
+            ax.tick_params(labelsize=7)
         axes[-1, 0].set_xlabel("step")
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.16, right=0.97, top=1 - 0.15 / height, bottom=0.45 / height, hspace=0.25)
         mlflow.log_figure(fig, f"figures/{stage}_{name}.png")
-        plt.close(fig)

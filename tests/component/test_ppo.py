@@ -70,3 +70,37 @@ def test_iteration_is_reproducible_from_state(tok, tiny_lm):
     m_b = b.step()
     assert m_a["objective/scores"] == m_b["objective/scores"]
     assert m_a["loss/policy_avg"] == m_b["loss/policy_avg"]
+
+
+def test_recorded_behaviour_logprobs_entropy_values_match_a_full_forward(tok, tiny_lm):
+    """fp32: the sampler records each drawn token's log-prob, each step's entropy and the hidden state the shared
+    value head reads; they equal what one forward over prompt + response gives (so PPO skips that forward), and
+    recording does not change the draws."""
+    from rlhf.generation import encode_prompts, sample
+    from rlhf.rollout import behaviour_forward
+
+    policy = PolicyWithValueHead(tiny_lm).eval()
+    torch.nn.init.normal_(policy.value_head.weight, std=0.5)          # values that are not ~0, to compare
+    q, qm = encode_prompts(tok, PROMPTS * 2, 32)
+    args = (policy.lm, q, qm, 8, 0.7, tok.eos_token_id, tok.pad_token_id)
+    plain = sample(*args, torch.Generator().manual_seed(3))
+    rec = sample(*args, torch.Generator().manual_seed(3), record=True, hidden=True)
+    assert torch.equal(plain.response_ids, rec.response_ids) and plain.logprobs is None
+    with torch.no_grad():
+        lp, ent, val = behaviour_forward(policy, rec, 0.7, need_values=True)          # from the recording
+        full = behaviour_forward(policy, plain, 0.7, need_values=True)               # one forward
+    m = rec.response_mask.bool()
+    for a, b in zip((lp, ent, val), full):
+        assert a.shape == b.shape
+        assert torch.allclose(a[m], b[m], atol=1e-5), (a[m] - b[m]).abs().max()
+    assert val[m].std() > 0.01                                          # the comparison is not between zeros
+
+
+def test_bf16_ppo_recomputes_behaviour_logprobs(tok, tiny_lm):
+    """Under bf16 the KV-cache steps and a full forward round differently: nothing is recorded, one forward gives
+    the behaviour log-probs, so the first update's ratio is exactly 1."""
+    from rlhf.config import ComputeConfig
+    trainer = make_trainer(tok, tiny_lm)
+    assert trainer.rollout(0).logprobs is not None
+    trainer = make_trainer(tok, tiny_lm, compute=ComputeConfig(precision="bf16"))
+    assert trainer.rollout(0).logprobs is None
