@@ -1,7 +1,9 @@
 """The experience phase of a PPO iteration: rollout -> score -> shape rewards -> advantages (seed, step 3).
 
-One forward of the policy (shared trunk) gives both the rollout log-probs and the values; the reference forward
-runs under inference mode; the reward model scores prompt + response exactly as sampled (EOS included).
+The behaviour log-probs come from the sampler's own logits (fp32; ``sample(record=True)``), and the shared value
+head reads the hidden states the sampler kept, so scoring runs no policy forward; where nothing was recorded (bf16)
+one forward of the policy (shared trunk) gives both. The reference forward runs under inference mode; the reward
+model scores prompt + response exactly as sampled (EOS included).
 """
 from __future__ import annotations
 
