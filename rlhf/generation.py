@@ -115,7 +115,7 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tok
     past, logits = _cache_of(out), out.logits[:, -1]                              # (B, V)
     next_pos = attn.sum(1, keepdim=True)                                          # (B, 1) next absolute position
     finished = torch.zeros(B, dtype=torch.bool, device=dev)
-    tokens, masks, steps, states = [], [], [], []
+    tokens, masks, kept_logits, states = [], [], [], []
     for step in range(max_new_tokens):
         scaled = logits.float() / temperature                                     # (B, V)
         probs = torch.softmax(scaled, dim=-1)                                     # (B, V)
@@ -124,9 +124,9 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tok
         tokens.append(tok)
         masks.append((~finished).long())
         if record:
-            steps.append(scaled)                                                   # log-probs after the loop
+            kept_logits.append(scaled)                                             # log-probs after the loop
         if hidden:
-            states.append(out.hidden_states[-1][:, -1])                                        # (B, H)
+            states.append(out.hidden_states[-1][:, -1])                            # (B, H)
         finished = finished | (tok == eos_id)
         if step == max_new_tokens - 1 or bool(finished.all()):   # no forward whose logits would be dropped
             break
@@ -140,7 +140,7 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tok
     response_mask = torch.stack(masks, 1)                                         # (B, R')
     logprobs = entropy = None
     if record:                               # once over (B, R, V): a few ops instead of a few per decode step
-        scaled = torch.stack(steps, 1)                                            # (B, R', V)
+        scaled = torch.stack(kept_logits, 1)                                      # (B, R', V)
         logprobs, entropy = gather_logprobs(scaled, response_ids), entropy_from_logits(scaled)
     return Rollout(query_ids, query_mask, response_ids, response_mask, finished, logprobs=logprobs, entropy=entropy,
                    hidden=torch.stack(states, 1) if hidden else None)

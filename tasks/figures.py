@@ -7,8 +7,8 @@ from rlhf.stages.common import StageResult
 
 
 def log_figures(stage: str, result: StageResult, max_series: int = 8) -> None:
-    """One PNG per plot table: every numeric column against step. Matplotlib's object API with fixed margins (no
-    pyplot state, no layout solver: a third of the time per stage, which the pipeline's overhead counts)."""
+    """One PNG per plot table: every numeric column against step. Matplotlib's object API with fixed margins: no
+    pyplot state to import or close, no layout solver (time the pipeline's orchestration overhead counts)."""
     from matplotlib.figure import Figure
 
     for name, rows in result.plots.items():
