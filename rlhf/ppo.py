@@ -22,7 +22,7 @@ import torch
 from rlhf.accel import model_device, to_device
 from rlhf.config import PPOConfig
 from rlhf.distributed import SINGLE, DistContext, all_reduce_mean, shard, sync_gradients
-from rlhf.generation import encode_prompts, gather_logprobs, sample
+from rlhf.generation import encode_prompts, gather_logprobs, lm_response_logits, sample
 from rlhf.kl import AdaptiveKLController, FixedKLController
 from rlhf.logprobs import entropy_from_logits
 from rlhf.losses import ppo_policy_loss, ppo_value_loss
@@ -114,11 +114,14 @@ class PPOTrainer:
         """Loss on rows ``idx`` of the experience: policy loss + vf_coef * value loss. ``train_value`` False: the
         policy loss alone (the advantages were fixed when the rollout was scored), and a separate critic is not run."""
         c = self.cfg
+        ctx = exp.rollout.context_length
         ids, attn = exp.rollout.full()
         ids, attn = ids[idx], attn[idx]                                       # (b, T)
-        logits, values = policy_forward(self.m.policy, ids, attn, exp.rollout.context_length, c.sampling.temperature)
-        if self.m.value_model is not None and train_value:
-            values = self.m.value_model(ids, attn)[:, exp.rollout.context_length - 1:-1]
+        if self.m.value_model is None:                                        # shared trunk: one forward, both
+            logits, values = policy_forward(self.m.policy, ids, attn, ctx, c.sampling.temperature)
+        else:                                 # separate critic: the policy's language model alone; the critic if trained
+            logits = lm_response_logits(self.m.policy.lm, ids, attn, ctx, c.sampling.temperature)
+            values = self.m.value_model(ids, attn)[:, ctx - 1:-1] if train_value else None
         mask = exp.mask[idx]
         logprobs = gather_logprobs(logits, exp.rollout.response_ids[idx])     # (b, R)
         pg_loss, clipfrac, approxkl = ppo_policy_loss(logprobs, exp.logprobs[idx], exp.advantages[idx], mask, c.cliprange)

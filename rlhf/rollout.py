@@ -59,7 +59,10 @@ def behaviour_forward(policy, rollout: Rollout, temperature: float, need_values:
         values = policy.value_head(rollout.hidden).squeeze(-1) if need_values else None      # (B, R, H) -> (B, R)
         return rollout.logprobs, rollout.entropy, values
     ids, attn = rollout.full()
-    logits, values = policy_forward(policy, ids, attn, rollout.context_length, temperature)
+    if need_values:
+        logits, values = policy_forward(policy, ids, attn, rollout.context_length, temperature)
+    else:                                    # a separate critic gives the values: the language model alone
+        logits, values = lm_response_logits(policy.lm, ids, attn, rollout.context_length, temperature), None
     return gather_logprobs(logits, rollout.response_ids), entropy_from_logits(logits), values
 
 
