@@ -185,10 +185,17 @@ def bench_sft(a) -> dict:
 
 # -- PPO ---------------------------------------------------------------------------------------------------------------
 def bench_ppo(a) -> dict:
+    cfg, trainers, info = ppo_trainers(a)
+    phases, widths = time_ppo_rounds(trainers, a.rounds)
+    return {"rounds": a.rounds, "episodes_per_iteration": cfg.rollout_batch_size, "speedup_is": SPEEDUP,
+            "variants": ppo_summary(phases, widths, info)}
+
+
+def ppo_trainers(a) -> tuple:
+    """(cfg, {variant: its own PPOTrainer from the same checkpoints}, {variant: what it runs with}); the variants
+    that change the models or the optimiser are applied here, the patches of the core at run time (``patched``)."""
     import rlhf.generation as G
     import rlhf.ppo as P
-    import rlhf.rollout as R
-    import variants as V
     from rlhf.config import load_params
     from rlhf.data import load_jsonl
     from rlhf.modeling import load_tokenizer
@@ -202,10 +209,8 @@ def bench_ppo(a) -> dict:
                               prompts=str(art / "data" / "prompts_ppo.jsonl"), total_episodes=PPO_EPISODES)
     tok = load_tokenizer(cfg.policy_path)
     prompts = [r["prompt"] for r in load_jsonl(cfg.prompts)]
-
-    variants = select(PPO_VARIANTS, a.variants)
     trainers, info = {}, {}
-    for name in variants:
+    for name in select(PPO_VARIANTS, a.variants):
         vcfg = (dataclasses.replace(cfg, value_model="shared") if name == "shared-value"
                 else dataclasses.replace(cfg, value_epochs=0) if name == "all-value-epochs" else cfg)
         models = build_models(vcfg, tok)
@@ -221,27 +226,40 @@ def bench_ppo(a) -> dict:
         trainers[name] = tr
         info[name] = {"fused_gelu_modules": count_fused_gelu(*trio), "adamw": adamw_impl(tr.optimizer),
                       "logits_to_keep": G.supports_logits_to_keep(models.policy.lm) and name != "full-logits"}
+    return cfg, trainers, info
 
-    @contextlib.contextmanager
-    def patched(name):
-        saved = (P.sample, G.draw, G.supports_logits_to_keep, R.supports_logits_to_keep)
-        if name in ("extra-decode-step", "no-kv-cache", "fixed-length"):
-            P.sample = V.SAMPLERS[name]              # rlhf.ppo imported the core's sample by name
-        elif name == "multinomial-draw":
-            G.draw = V.draw_multinomial              # the name the core's sample (and V.core_draw) look up
-        elif name == "full-logits":
-            G.supports_logits_to_keep = R.supports_logits_to_keep = lambda model: False
-        elif name == "recompute-logprobs":
-            core = P.sample
-            P.sample = lambda *args, **kw: core(*args, **{**kw, "record": False, "hidden": False})
-        try:
-            yield
-        finally:
-            P.sample, G.draw, G.supports_logits_to_keep, R.supports_logits_to_keep = saved
 
+@contextlib.contextmanager
+def patched(name: str):
+    """The core with variant ``name``'s one switch off while it runs (the sampler, the draw, logits_to_keep)."""
+    import rlhf.generation as G
+    import rlhf.ppo as P
+    import rlhf.rollout as R
+    import variants as V
+
+    saved = (P.sample, G.draw, G.supports_logits_to_keep, R.supports_logits_to_keep)
+    if name in ("extra-decode-step", "no-kv-cache", "fixed-length"):
+        P.sample = V.SAMPLERS[name]              # rlhf.ppo imported the core's sample by name
+    elif name == "multinomial-draw":
+        G.draw = V.draw_multinomial              # the name the core's sample (and V.core_draw) look up
+    elif name == "full-logits":
+        G.supports_logits_to_keep = R.supports_logits_to_keep = lambda model: False
+    elif name == "recompute-logprobs":
+        core = P.sample
+        P.sample = lambda *args, **kw: core(*args, **{**kw, "record": False, "hidden": False})
+    try:
+        yield
+    finally:
+        P.sample, G.draw, G.supports_logits_to_keep, R.supports_logits_to_keep = saved
+
+
+def time_ppo_rounds(trainers: dict, rounds: int) -> tuple[dict, dict]:
+    """One PPO iteration of every variant per round, in rotated order, after an untimed warm-up round: the seconds
+    of each phase, {variant: {phase: [s per round]}}, and the decode steps, {variant: [per round]}."""
+    variants = list(trainers)
     phases = {n: {"generation": [], "scoring": [], "optimization": []} for n in variants}
     widths = {n: [] for n in variants}
-    for it in range(-1, a.rounds):                       # iteration -1 -> 0: untimed warm-up of every variant
+    for it in range(-1, rounds):                         # iteration -1 -> 0: untimed warm-up of every variant
         for name in rotate(variants, it):
             tr = trainers[name]
             with patched(name):
@@ -257,6 +275,11 @@ def bench_ppo(a) -> dict:
             widths[name].append(r.response_ids.size(1))
             for k, v in (("generation", t1 - t0), ("scoring", t2 - t1), ("optimization", t3 - t2)):
                 phases[name][k].append(v)
+    return phases, widths
+
+
+def ppo_summary(phases: dict, widths: dict, info: dict) -> dict:
+    """Per variant: median and fastest seconds of each phase, and their ratios to ``default``'s."""
     out = {}
     base = {k: statistics.median(v) for k, v in phases["default"].items()}
     for name, ph in phases.items():
@@ -270,8 +293,7 @@ def bench_ppo(a) -> dict:
                      "min_speedup": {k: best[k] / min(phases["default"][k]) for k in best},
                      "decode_steps": statistics.mean(widths[name]),
                      "runs": {k: [round(x, 4) for x in v] for k, v in ph.items()}}
-    return {"rounds": a.rounds, "episodes_per_iteration": cfg.rollout_batch_size, "speedup_is": SPEEDUP,
-            "variants": out}
+    return out
 
 
 def check_sampler(a) -> dict:

@@ -164,7 +164,7 @@ def machine(threads: int) -> dict:
             "load_avg_start": os.getloadavg(), "versions": versions}
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/rlhf-bench")
@@ -185,13 +185,22 @@ def main(argv=None) -> int:
     ap.add_argument("--report", metavar="RESULTS_JSON", help="only print the tables of an earlier run's results.json")
     ap.add_argument("--pipeline-from", metavar="RESULTS_JSON",
                     help="with --report: take the pipeline figures from another run's results.json")
-    a = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def print_report(a) -> int:
+    """--report: the tables of an earlier run (with --pipeline-from, that run's pipeline figures instead)."""
+    res = json.loads(Path(a.report).read_text())
+    if a.pipeline_from:
+        res["pipeline"] = json.loads(Path(a.pipeline_from).read_text())["pipeline"]
+    print(report(res))
+    return 0
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
     if a.report:
-        res = json.loads(Path(a.report).read_text())
-        if a.pipeline_from:
-            res["pipeline"] = json.loads(Path(a.pipeline_from).read_text())["pipeline"]
-        print(report(res))
-        return 0
+        return print_report(a)
     only = set(a.only.split(","))
     work = Path(a.work).resolve()
     a.json, a.markdown = a.json or str(work / "results.json"), a.markdown or str(work / "results.md")
@@ -209,8 +218,23 @@ def main(argv=None) -> int:
     corpus = (art.parent / "data" / "corpus.jsonl") if (art.parent / "data" / "corpus.jsonl").exists() \
         else ROOT / "data" / "corpus.jsonl"
     sh([str(OUR_PY), str(HERE / "ours.py"), "prepare", "--artifacts", str(art), "--work", str(work)], ROOT, a.threads)
+    res["runs"] = run_comparisons(a, work, art, only)
+    if "gold" in only:
+        res["gold"] = gold_scores(work, corpus, a.threads)
+    if "ablations" in only:
+        res["ablations"] = run_ablations(a, work, art)
+    res["load_avg_end"] = os.getloadavg()
+    Path(a.json).write_text(json.dumps(res, indent=1, default=str) + "\n")
+    md = report(res)
+    Path(a.markdown).write_text(md + "\n")
+    print("\n" + md)
+    return 0
 
-    plans = {
+
+# -- ours against TRL, side by side ---------------------------------------------------------------------------------
+def comparison_plans(a) -> dict:
+    """stage -> the sides that run it: (side, python, script, command, extra arguments)."""
+    return {
         "sft": [("ours", OUR_PY, "ours.py", "sft", ["--steps", str(a.sft_steps)]),
                 ("trl", TRL_PY, "trl_runs.py", "sft", ["--steps", str(a.sft_steps)])],
         "reward": [("ours", OUR_PY, "ours.py", "reward", ["--steps", str(a.reward_steps)]),
@@ -220,6 +244,12 @@ def main(argv=None) -> int:
                 ("ours-shared", OUR_PY, "ours.py", "ppo", ["--episodes", str(a.episodes)])],
         "rloo": [("trl", TRL_PY, "trl_runs.py", "rloo", ["--episodes", str(a.episodes)])],
     }
+
+
+def run_comparisons(a, work: Path, art: Path, only: set) -> dict:
+    """Every side of every stage in ``only``, repeated; the sides alternate who goes first. Returns
+    stage -> side -> [result of each run]."""
+    plans, runs = comparison_plans(a), {}
     for rep in range(max(a.repeats, a.short_repeats)):
         for stage in ("sft", "reward", "ppo", "rloo"):
             if stage not in only or rep >= (a.short_repeats if stage in ("sft", "reward") else a.repeats):
@@ -235,42 +265,41 @@ def main(argv=None) -> int:
                     extra = [*extra, "--samples", str(samples),
                              *(["--set", f"seed={rep}"] if side.startswith("ours") else ["--seed", str(rep)])]
                 r = run_side(name, py, script, cmd, a, work, art, extra)
-                res["runs"].setdefault(stage, {"ours": [], "trl": []}).setdefault(side, []).append(r)
-        if "rloo" in res["runs"] and "ppo" in res["runs"]:
-            res["runs"]["rloo"]["ours"] = res["runs"]["ppo"]["ours"]      # the same PPO runs, the same budget
+                runs.setdefault(stage, {"ours": [], "trl": []}).setdefault(side, []).append(r)
+        if "rloo" in runs and "ppo" in runs:
+            runs["rloo"]["ours"] = runs["ppo"]["ours"]      # the same PPO runs, the same budget
+    return runs
 
-    if "gold" in only:
-        res["gold"] = {}
-        for label, pattern in (("ours PPO (separate critic, value_epochs 2)", "ppo-ours-[0-9]*"),
-                               ("ours PPO (shared value head: the demo's params.yaml)", "ppo-ours-shared-*"),
-                               ("TRL 1.12 PPO", "ppo-trl-*"), ("TRL RLOO", "rloo-trl-*")):
-            files = sorted((work / "samples").glob(pattern + ".jsonl"))
-            if not files:
-                continue
-            per_run = []
-            for f in files:
-                out = work / "results" / f"gold-{f.stem}.json"
-                sh([str(OUR_PY), str(HERE / "ours.py"), "gold", "--samples", str(f), "--corpus", str(corpus),
-                    "--out", str(out)], ROOT, a.threads)
-                per_run.append(json.loads(out.read_text()))
-            res["gold"][label] = {"runs": per_run, **{k: statistics.mean(r[k] for r in per_run) for k in (
-                "gold_first_k", "gold_last_k", "gold_gain_per_1k_episodes", "gold_gain_per_1k_episodes_se",
-                "gold_last_k_se", "iterations")}}
 
-    if "ablations" in only:
-        out = work / "results" / "ablations.json"
-        print("  running ablations (A/B in one process) ...", flush=True)
-        proc = measured([str(OUR_PY), str(HERE / "ablations.py"), "--artifacts", str(art), "--work", str(work),
-                         "--rounds", str(a.ablation_rounds), "--threads", str(a.threads), "--out", str(out), *SETS],
-                        work / "logs" / "ablations.log", a.threads)
-        res["ablations"] = {**json.loads(out.read_text()), "wall_s": proc["wall_s"]}
+def gold_scores(work: Path, corpus: Path, threads: int) -> dict:
+    """The gold judge on every PPO/RLOO run's samples: per run, and the mean over runs, by side."""
+    gold = {}
+    for label, pattern in (("ours PPO (separate critic, value_epochs 2)", "ppo-ours-[0-9]*"),
+                           ("ours PPO (shared value head: the demo's params.yaml)", "ppo-ours-shared-*"),
+                           ("TRL 1.12 PPO", "ppo-trl-*"), ("TRL RLOO", "rloo-trl-*")):
+        files = sorted((work / "samples").glob(pattern + ".jsonl"))
+        if not files:
+            continue
+        per_run = []
+        for f in files:
+            out = work / "results" / f"gold-{f.stem}.json"
+            sh([str(OUR_PY), str(HERE / "ours.py"), "gold", "--samples", str(f), "--corpus", str(corpus),
+                "--out", str(out)], ROOT, threads)
+            per_run.append(json.loads(out.read_text()))
+        gold[label] = {"runs": per_run, **{k: statistics.mean(r[k] for r in per_run) for k in (
+            "gold_first_k", "gold_last_k", "gold_gain_per_1k_episodes", "gold_gain_per_1k_episodes_se",
+            "gold_last_k_se", "iterations")}}
+    return gold
 
-    res["load_avg_end"] = os.getloadavg()
-    Path(a.json).write_text(json.dumps(res, indent=1, default=str) + "\n")
-    md = report(res)
-    Path(a.markdown).write_text(md + "\n")
-    print("\n" + md)
-    return 0
+
+def run_ablations(a, work: Path, art: Path) -> dict:
+    """ablations.py in its own process: what each optimisation of ours buys."""
+    out = work / "results" / "ablations.json"
+    print("  running ablations (A/B in one process) ...", flush=True)
+    proc = measured([str(OUR_PY), str(HERE / "ablations.py"), "--artifacts", str(art), "--work", str(work),
+                     "--rounds", str(a.ablation_rounds), "--threads", str(a.threads), "--out", str(out), *SETS],
+                    work / "logs" / "ablations.log", a.threads)
+    return {**json.loads(out.read_text()), "wall_s": proc["wall_s"]}
 
 
 def reward_pairs(work: Path, a) -> int:

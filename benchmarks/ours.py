@@ -40,7 +40,7 @@ def cmd_prepare(a) -> None:
     """Write the token-level workloads: SFT examples, reward pairs (grouped as we batch them), PPO prompts."""
     from rlhf.data import encode_prompt, load_jsonl
     from rlhf.modeling import load_tokenizer
-    from rlhf.reward import encode_groups, pair_index
+    from rlhf.train_reward import encode_groups, pair_index
     from rlhf.train_lm import sft_examples
     from rlhf.ppo import MAX_PROMPT_TOKENS
 
@@ -93,7 +93,7 @@ def cmd_sft(a) -> None:
 def cmd_reward(a) -> None:
     from rlhf.data import load_jsonl
     from rlhf.modeling import RewardModel, load_tokenizer
-    from rlhf.reward import encode_groups, train_reward_model
+    from rlhf.train_reward import encode_groups, train_reward_model
 
     p, art = params(), Path(a.artifacts)
     tok = load_tokenizer(art / "models" / "sft")
@@ -115,9 +115,27 @@ def cmd_reward(a) -> None:
 def cmd_ppo(a) -> None:
     import torch
 
+    cfg, tok, models, trainer = ppo_trainer(a)
+    clock = time_scoring_forwards(trainer, models)
+    samples, book, steps = record_rollouts(trainer, tok, bool(a.samples))
+    rows = []
+    torch.manual_seed(cfg.seed)
+    t0, c0 = time.perf_counter(), time.process_time()
+    while trainer.iteration < trainer.n_iterations:
+        row = trainer.step()
+        row["time/generation"] -= book[-1]
+        rows.append(row)
+    dt, cpu = time.perf_counter() - t0 - sum(book), time.process_time() - c0
+    if a.samples:
+        write_jsonl(a.samples, samples)
+    write_result(a.out, ppo_result(a, cfg, rows, dt, cpu, clock, steps))
+
+
+def ppo_trainer(a):
+    """(cfg, tokenizer, models, PPOTrainer) of the benchmark's PPO run: params.yaml's ``ppo:`` with this workload's
+    paths and episodes, ``--set`` overrides, and the ``--variant`` sampler patched in."""
     import rlhf.ppo as ppo_mod
     from rlhf.data import load_jsonl
-    from rlhf.generation import decode_responses
     from rlhf.modeling import load_tokenizer
     from rlhf.stages.ppo import build_models
     from rlhf.stages.common import seed_everything
@@ -133,9 +151,12 @@ def cmd_ppo(a) -> None:
     tok = load_tokenizer(cfg.policy_path)
     prompts = [r["prompt"] for r in load_jsonl(cfg.prompts)]
     models = build_models(cfg, tok)
-    trainer = ppo_mod.PPOTrainer(cfg, models, tok, prompts)
+    return cfg, tok, models, ppo_mod.PPOTrainer(cfg, models, tok, prompts)
 
-    # Split the scoring phase into its forwards (benchmark-side wrappers; the core is unchanged).
+
+def time_scoring_forwards(trainer, models) -> PhaseClock:
+    """Split the scoring phase into its forwards (benchmark-side wrappers; the core is unchanged): a clock of
+    ``scoring/<model>`` seconds, counted only while the trainer scores an experience."""
     clock, scoring = PhaseClock(), {"on": False}
     timed_method(models.policy, "forward", clock, "scoring/policy+value", lambda: scoring["on"])
     timed_method(models.ref_model, "forward", clock, "scoring/reference", lambda: scoring["on"])
@@ -151,38 +172,37 @@ def cmd_ppo(a) -> None:
         finally:
             scoring["on"] = False
     trainer.experience = experience
+    return clock
 
-    samples, book = [], []
+
+def record_rollouts(trainer, tok, keep_samples: bool) -> tuple[list, list, list]:
+    """Wrap the trainer's rollout: (samples for the gold judge when ``keep_samples``, seconds spent decoding them
+    per rollout (not part of the measured work), decode steps per rollout (early stop)), filled as it runs."""
+    from rlhf.generation import decode_responses
+
+    samples, book, steps = [], [], []
     inner_rollout = trainer.rollout
-
-    steps = []
 
     def rollout(iteration):
         r = inner_rollout(iteration)
         steps.append(r.response_ids.size(1))                 # decode steps this rollout took (early stop)
         t0 = time.perf_counter()
-        if a.samples:
+        if keep_samples:
             qs = [trainer.prompts[i] for i in trainer.schedule[iteration]]
             for q, resp, e in zip(qs, decode_responses(tok, r), r.ended.tolist()):
                 samples.append({"iteration": iteration, "prompt": q, "response": resp, "ended": bool(e)})
         book.append(time.perf_counter() - t0)      # decoding for the gold judge: not part of the measured work
         return r
     trainer.rollout = rollout
+    return samples, book, steps
 
-    rows = []
-    torch.manual_seed(cfg.seed)
-    t0, c0 = time.perf_counter(), time.process_time()
-    while trainer.iteration < trainer.n_iterations:
-        row = trainer.step()
-        row["time/generation"] -= book[-1]
-        rows.append(row)
-    dt, cpu = time.perf_counter() - t0 - sum(book), time.process_time() - c0
-    if a.samples:
-        write_jsonl(a.samples, samples)
+
+def ppo_result(a, cfg, rows: list[dict], dt: float, cpu: float, clock: PhaseClock, steps: list[int]) -> dict:
+    """The PPO run's result from the trainer's per-iteration rows, the measured seconds and the scoring clock."""
     n = len(rows)
     mean = lambda k: sum(r[k] for r in rows) / n  # noqa: E731
     tokens = sum(r["val/response_length"] * cfg.rollout_batch_size for r in rows)     # response tokens incl. EOS
-    write_result(a.out, {
+    return {
         "side": "ours", "stage": "ppo", "variant": a.variant, "overrides": a.set, "iterations": n, "episodes": n * cfg.rollout_batch_size,
         "seconds": dt, "cpu_s": cpu, "episodes_per_s": n * cfg.rollout_batch_size / dt,
         "s_per_iter": dt / n, "generation_s": mean("time/generation"), "scoring_s": mean("time/scoring"),
@@ -193,7 +213,7 @@ def cmd_ppo(a) -> None:
         "decode_steps": sum(steps) / n, "generation_ms_per_step": 1000 * sum(r["time/generation"] for r in rows) / sum(steps),
         "response_length": mean("val/response_length"), "eos_rate": mean("val/eos_rate"),
         "scores_first": rows[0]["objective/scores"], "scores_last": rows[-1]["objective/scores"],
-        "kl_last": rows[-1]["objective/kl"]})
+        "kl_last": rows[-1]["objective/kl"]}
 
 
 # -- gold judge -------------------------------------------------------------------------------------------------------

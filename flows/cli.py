@@ -14,7 +14,7 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABL
 
 
 def cmd_run(args) -> int:
-    from flows import prefect_server
+    from tasks import prefect_server
     server = prefect_server.start_if_needed()      # boots in its own process while the flow's imports load
     from flows.pipeline import rlhf_pipeline
     with prefect_server.using(server):
@@ -43,10 +43,12 @@ def cmd_stage(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from flows.dag import configure, stage_order, stale_reasons
+    from tasks.graph import all_stale_reasons, configure, stage_order
     configure()
-    for stage in stage_order():
-        reasons = stale_reasons(stage)
+    order = stage_order()
+    stale = all_stale_reasons(order)
+    for stage in order:
+        reasons = stale[stage]
         print(f"{stage:12s} {'stale: ' + '; '.join(reasons[:3]) if reasons else 'up to date'}")
     return 0
 
@@ -134,22 +136,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The `rlhf` console script: ``main``, then what the interpreter does at exit, in its order (threading's exit
-    callbacks, where Prefect drains its log and event workers; then the atexit handlers, where the temporary server
-    stops), then a direct exit that skips the module teardown: ~1.5 s after a run that loaded torch, transformers,
-    mlflow and dvc. Tests call ``main`` and keep their interpreter."""
-    import atexit
-    import threading
-
-    code = main()
-    try:
-        threading._shutdown()          # CPython's own first exit step (private API: on any doubt, exit normally)
-        atexit._run_exitfuncs()
-    except Exception:  # noqa: BLE001
-        sys.exit(code)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    """The `rlhf` console script: ``main`` and a normal interpreter exit (Prefect drains its log and event workers,
+    then the atexit handlers stop the temporary server). Tests call ``main`` and keep their interpreter."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -8,14 +8,10 @@ import time
 import mlflow
 from prefect import flow, get_run_logger
 
-from flows.dag import all_stale_reasons, commit_and_status, configure, stage_order
-from tasks import annotate, collect, evaluate, ppo, preferences, prepare, pretrain, reward, sft
 from flows.promote import promote, summary
+from tasks.graph import all_stale_reasons, commit_and_status, configure, stage_order
+from tasks.stage import stage_task
 from tasks.tracking import PARENT_ENV, pipeline_run
-
-TASKS = {"prepare": prepare.prepare, "pretrain": pretrain.pretrain, "sft": sft.sft, "collect": collect.collect,
-         "annotate": annotate.annotate, "preferences": preferences.preferences, "reward": reward.reward,
-         "ppo": ppo.ppo, "evaluate": evaluate.evaluate}
 
 
 class StageFailed(RuntimeError):
@@ -28,9 +24,6 @@ def rlhf_pipeline(params_path: str = "params.yaml", force: bool = False) -> dict
     log = get_run_logger()
     configure()
     order = stage_order()
-    unknown = [s for s in order if s not in TASKS]
-    if unknown:
-        raise ValueError(f"dvc.yaml has stages without a task: {', '.join(unknown)}")
     results: dict = {}
     with pipeline_run(params_path) as parent:             # continues the parent run of a crashed flow run
         os.environ[PARENT_ENV] = parent.info.run_id
@@ -47,7 +40,7 @@ def rlhf_pipeline(params_path: str = "params.yaml", force: bool = False) -> dict
                 log.info("%s: running (%s)", stage, "; ".join(reasons[:3]) or "forced")
                 t0 = time.perf_counter()
                 try:
-                    results[stage] = TASKS[stage].with_options(name=stage)(params_path)
+                    results[stage] = stage_task.with_options(name=stage)(stage, params_path)
                 except Exception as e:
                     log.error("%s: failed: %s: %s", stage, type(e).__name__, e)
                     raise StageFailed(f"stage {stage!r} failed: {type(e).__name__}: {e}") from e

@@ -121,12 +121,6 @@ def enable_gradient_checkpointing(module: nn.Module, key: str = "compute.gradien
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def is_checkpointing(module: nn.Module) -> bool:
-    model = hf_model(module)
-    flag = getattr(model, "is_activation_checkpointing", None)
-    return bool(flag if flag is not None else getattr(model, "is_gradient_checkpointing", False))
-
-
 # -- LoRA -----------------------------------------------------------------------------------------------------------
 def _peft():
     try:

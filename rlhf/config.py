@@ -96,7 +96,7 @@ class TokenizerConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     """A small GPT-2 built from scratch (used when pretrain.model_path is empty)."""
-    n_layer: int = 2
+    n_layer: int = 3
     n_head: int = 4
     n_embd: int = 128
     n_positions: int = 64
@@ -112,7 +112,7 @@ class PretrainConfig:
     out_dir: str = "artifacts/models/base"
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6.0, lr=2e-3))
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     seed: int = 0
 
@@ -123,7 +123,7 @@ class SFTConfig:
     data_dir: str = "artifacts/data"
     out_dir: str = "artifacts/models/sft"
     packing: bool = False               # concatenate whole examples into max_length blocks
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, lr=5e-4))
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     seed: int = 0
@@ -169,18 +169,28 @@ class AnnotateConfig:
 
 @dataclass(frozen=True)
 class PreferencesConfig:
+    """The preferences stage; every option of the ingest (rlhf/preferences/ingest.py, `rlhf ingest`) is here, and
+    these are the defaults of both."""
     inputs: tuple[str, ...] = ("artifacts/annotations/export.json",)
     out_dir: str = "artifacts/preferences"
-    format: str = "auto"
-    max_reject_share: float = 0.05
-    max_field_chars: int = 20000
-    k_factor: float = 32.0
-    initial_rating: float = 1000.0
+    format: str = "auto"                # auto (detected per file) or one of rlhf.preferences.detect.FORMATS
+    max_reject_share: float = 0.05      # fail when rejected / read exceeds this (outputs are still written)
+    max_field_chars: int = 20000        # longest prompt or response accepted
+    rating_scale: tuple[float, ...] = (1.0, 7.0)   # inclusive range of scalar ratings
+    k_factor: float = 32.0              # Elo K-factor
+    initial_rating: float = 1000.0      # Elo rating of an unseen response
+    elo_rounds: int = 1                 # passes over the comparisons for Elo
+    ranker_key: Optional[str] = None    # Label Studio Ranker: the value.ranker key holding the order (None: the first)
     val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         _check(len(self.inputs) > 0, "inputs must name at least one annotation export")
         _check(0 <= self.max_reject_share <= 1, "max_reject_share must be in [0, 1]")
+        _check(self.max_field_chars >= 1, "max_field_chars must be >= 1")
+        _check(len(self.rating_scale) == 2 and self.rating_scale[0] < self.rating_scale[1],
+               "rating_scale must be [low, high] with low < high")
+        _check(self.k_factor > 0, "k_factor must be > 0")
+        _check(self.elo_rounds >= 1, "elo_rounds must be >= 1")
         _check(0 < self.val_fraction < 0.5, "val_fraction must be in (0, 0.5)")
 
 
@@ -195,7 +205,7 @@ class RewardConfig:
     normalize: bool = True              # gain and bias so reference-policy samples score mean 0, std 1
     normalize_samples: int = 256
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5.0, batch_size=16))
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     seed: int = 0
@@ -215,7 +225,7 @@ class PPOConfig:
     num_mini_batches: int = 4
     grad_accum: int = 1                 # micro-batches per mini-batch
     ppo_epochs: int = 4
-    lr: float = 3e-5
+    lr: float = 1e-4
     lr_schedule: str = "linear"
     max_grad_norm: float = 1.0
     cliprange: float = 0.2
@@ -224,7 +234,7 @@ class PPOConfig:
     gamma: float = 1.0
     lam: float = 0.95
     kl_estimator: str = "k1"            # k1 | k2 | k3 (Schulman, "Approximating KL divergence")
-    kl_coef: float = 0.1                # initial coefficient
+    kl_coef: float = 0.2                # initial coefficient
     adaptive_kl: bool = True
     target_kl: float = 2.0              # nats per sequence (adaptive controller)
     kl_horizon: int = 10000
@@ -269,9 +279,13 @@ class EvaluateConfig:
     # Pairs whose gold scores differ by less than this are ties for the reward-model accuracy: below what the
     # simulated annotators (noise ~0.15) can resolve. reward_model_accuracy_all counts every non-equal pair.
     gold_tie_margin: float = 0.1
+    rm_pairs_k: int = 4                 # SFT responses per prompt for the reward-model accuracy (all pairs of each)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     seed: int = 1234
+
+    def __post_init__(self) -> None:
+        _check(self.max_prompts >= 1 and self.rm_pairs_k >= 2, "max_prompts must be >= 1 and rm_pairs_k >= 2")
 
 
 @dataclass(frozen=True)
@@ -305,12 +319,24 @@ class PipelineConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
+    # Sections of stages this file does not know: a stage module rlhf/stages/<name>.py that defines its own
+    # ``Config`` dataclass (so a new stage needs no edit here). Filled by load_params; not a params.yaml key.
+    extra_stages: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def section(self, name: str) -> Any:
+        """The config of section ``name`` (a stage's, or ``promote``)."""
+        if name in self.extra_stages:
+            return self.extra_stages[name]
+        if name == "extra_stages" or name not in {f.name for f in dataclasses.fields(self)}:
+            raise ConfigError(f"{name}: no such section in params")
+        return getattr(self, name)
 
 
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    """Convert a YAML value to the annotated field type, or raise ConfigError naming the key."""
+def _coerce(tp: Any, value: Any, key: str, base: Any = None) -> Any:
+    """Convert a YAML value to the annotated field type, or raise ConfigError naming the key. A nested section
+    fills its missing keys from ``base``, the field's own default (sft's train defaults are not pretrain's)."""
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key)
+        return from_dict(tp, value, key, base)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -333,14 +359,22 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
-def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError with the key path."""
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def from_dict(cls: type, data: Any, prefix: str = "", base: Any = None) -> Any:
+    """Build dataclass ``cls`` from a mapping, missing keys taken from ``base`` (else the class defaults); unknown
+    keys and wrong types raise ConfigError with the key path."""
     where = prefix or "params"
     if data is None:
         data = {}
     _check(isinstance(data, dict), f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     kwargs = {}
     for key, value in data.items():
         path = f"{prefix}.{key}" if prefix else str(key)
@@ -348,9 +382,10 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(names)})"
             raise ConfigError(f"{path}: unknown key{hint}")
-        kwargs[key] = _coerce(hints[key], value, path)
+        nested = getattr(base, key) if base is not None else _field_default(fields[key])
+        kwargs[key] = _coerce(hints[key], value, path, nested if dataclasses.is_dataclass(nested) else None)
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
 
@@ -365,9 +400,27 @@ def load_params(path: str | Path = "params.yaml") -> PipelineConfig:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
     try:
-        return from_dict(PipelineConfig, raw)
+        _check(isinstance(raw, dict), f"expected a mapping of sections, got {type(raw).__name__}")
+        known = {f.name for f in dataclasses.fields(PipelineConfig)} - {"extra_stages"}
+        extra = {k: _stage_config(k, v) for k, v in raw.items() if k not in known and _stage_module_config(k)}
+        cfg = from_dict(PipelineConfig, {k: v for k, v in raw.items() if k not in extra})
+        return dataclasses.replace(cfg, extra_stages=extra) if extra else cfg
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def _stage_module_config(name: str) -> type | None:
+    """The ``Config`` dataclass of stage module rlhf/stages/<name>.py, or None when there is no such module."""
+    import importlib
+    import importlib.util
+    if not str(name).isidentifier() or importlib.util.find_spec(f"rlhf.stages.{name}") is None:
+        return None
+    cls = getattr(importlib.import_module(f"rlhf.stages.{name}"), "Config", None)
+    return cls if dataclasses.is_dataclass(cls) else None
+
+
+def _stage_config(name: str, data: Any) -> Any:
+    return from_dict(_stage_module_config(name), data, name)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -14,6 +14,8 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
+from rlhf.jsonl import json_line
+
 
 class DataError(ValueError):
     """Bad input data; the message names the file and line."""
@@ -60,7 +62,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
     n = 0
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+            f.write(json_line(row, sort_keys=True) + "\n")
             n += 1
     return n
 

@@ -64,7 +64,7 @@ class PPOTrainer:
         if cfg.rollout_batch_size % per_rank:
             raise ValueError(f"ppo.rollout_batch_size ({cfg.rollout_batch_size}) must be divisible by num_mini_batches "
                              f"x grad_accum x world size ({per_rank}) to split evenly over {dist.world_size} processes")
-        self.cfg, self.m, self.tok, self.prompts, self.on_log = cfg, models, tokenizer, prompts, on_log
+        self.cfg, self.models, self.tok, self.prompts, self.on_log = cfg, models, tokenizer, prompts, on_log
         self.dist = dist
         self.n_iterations = cfg.total_episodes // cfg.rollout_batch_size
         self.schedule = prompt_schedule(len(prompts), cfg.rollout_batch_size, self.n_iterations, cfg.seed)
@@ -92,23 +92,23 @@ class PPOTrainer:
     # -- phases -----------------------------------------------------------------------------------------------------
     def rollout(self, iteration: int):
         prompts = [self.prompts[i] for i in shard(self.schedule[iteration], self.dist)]
-        q_ids, q_mask = to_device(model_device(self.m.policy), *encode_prompts(self.tok, prompts, MAX_PROMPT_TOKENS))
+        q_ids, q_mask = to_device(model_device(self.models.policy), *encode_prompts(self.tok, prompts, MAX_PROMPT_TOKENS))
         # fp32: the behaviour log-probs (and the shared head's hidden states) come from the sampler's own logits, as
         # exact as a second forward (1e-6) without its cost. bf16 rounds the KV-cache steps and a full forward
         # differently, so there they are recomputed by one forward like every later log-prob (ratio exactly 1 at
         # the first update).
         record = self.cfg.compute.precision == "fp32"
-        return sample(self.m.policy.lm, q_ids, q_mask, self.cfg.sampling.max_new_tokens, self.cfg.sampling.temperature,
+        return sample(self.models.policy.lm, q_ids, q_mask, self.cfg.sampling.max_new_tokens, self.cfg.sampling.temperature,
                       self.tok.eos_token_id, self.tok.pad_token_id,
                       iteration_generator(self.dist.seed(self.cfg.seed), iteration, 1),
-                      record=record, hidden=record and self.m.value_model is None)
+                      record=record, hidden=record and self.models.value_model is None)
 
     def experience(self, rollout) -> Experience:
         c = self.cfg
-        return make_experience(self.m.policy, self.m.ref_model, self.m.reward_model, rollout,
+        return make_experience(self.models.policy, self.models.ref_model, self.models.reward_model, rollout,
                                temperature=c.sampling.temperature, kl_coef=self.kl_ctl.value, kl_estimator=c.kl_estimator,
                                gamma=c.gamma, lam=c.lam, missing_eos_penalty=c.missing_eos_penalty,
-                               whiten=c.whiten_advantages, pad_id=self.tok.pad_token_id, value_model=self.m.value_model)
+                               whiten=c.whiten_advantages, pad_id=self.tok.pad_token_id, value_model=self.models.value_model)
 
     def _minibatch_loss(self, exp: Experience, idx: torch.Tensor, train_value: bool = True) -> tuple[torch.Tensor, dict]:
         """Loss on rows ``idx`` of the experience: policy loss + vf_coef * value loss. ``train_value`` False: the
@@ -117,11 +117,11 @@ class PPOTrainer:
         ctx = exp.rollout.context_length
         ids, attn = exp.rollout.full()
         ids, attn = ids[idx], attn[idx]                                       # (b, T)
-        if self.m.value_model is None:                                        # shared trunk: one forward, both
-            logits, values = policy_forward(self.m.policy, ids, attn, ctx, c.sampling.temperature)
+        if self.models.value_model is None:                                        # shared trunk: one forward, both
+            logits, values = policy_forward(self.models.policy, ids, attn, ctx, c.sampling.temperature)
         else:                                 # separate critic: the policy's language model alone; the critic if trained
-            logits = lm_response_logits(self.m.policy.lm, ids, attn, ctx, c.sampling.temperature)
-            values = self.m.value_model(ids, attn)[:, ctx - 1:-1] if train_value else None
+            logits = lm_response_logits(self.models.policy.lm, ids, attn, ctx, c.sampling.temperature)
+            values = self.models.value_model(ids, attn)[:, ctx - 1:-1] if train_value else None
         mask = exp.mask[idx]
         logprobs = gather_logprobs(logits, exp.rollout.response_ids[idx])     # (b, R)
         pg_loss, clipfrac, approxkl = ppo_policy_loss(logprobs, exp.logprobs[idx], exp.advantages[idx], mask, c.cliprange)
@@ -147,7 +147,7 @@ class PPOTrainer:
         counts: dict[str, int] = {}
         grad_norms = []
         value_epochs = c.value_epochs or c.ppo_epochs
-        trained = [self.m.policy] + ([self.m.value_model] if self.m.value_model is not None else [])
+        trained = [self.models.policy] + ([self.models.value_model] if self.models.value_model is not None else [])
         for module in trained:
             module.train()
         for epoch in range(c.ppo_epochs):

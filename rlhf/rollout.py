@@ -17,7 +17,7 @@ from rlhf.generation import (Rollout, gather_logprobs, lm_response_logits, respo
                              supports_logits_to_keep)
 from rlhf.logprobs import entropy_from_logits
 from rlhf.masking import masked_mean
-from rlhf.rewards import apply_missing_eos_penalty, shape_rewards
+from rlhf.reward_shaping import apply_missing_eos_penalty, shape_rewards
 
 
 @dataclass

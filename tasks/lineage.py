@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,12 +29,63 @@ DATASET_SUFFIXES = (".jsonl", ".json")
 SUMMARY_COUNTS = ("read", "accepted", "rejected", "reject_share", "items", "pairs", "duplicates", "annotators")
 
 
-def file_digest(path: Path) -> str:
+def file_md5(path: Path) -> str:
+    """md5 of a file's bytes (the hash DVC records for a file)."""
     h = hashlib.md5()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def md5_path(path: str | Path) -> str:
+    """md5 of a file; for a folder, md5 over its sorted "relpath md5" lines (suffix .dir, like DVC's folder hashes,
+    but not byte-equal to them: used only where DVC cannot hash, and tagged ``lineage.hash_method=md5``)."""
+    path = Path(path)
+    if path.is_file():
+        return file_md5(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    lines = "".join(f"{p.relative_to(path).as_posix()} {file_md5(p)}\n" for p in files)
+    return hashlib.md5(lines.encode()).hexdigest() + ".dir"
+
+
+def data_dvc_md5(root: str | Path = ".") -> str:
+    """The md5 data.dvc records for the raw data ("" without data.dvc)."""
+    import yaml
+    path = Path(root) / "data.dvc"
+    if not path.exists():
+        return ""
+    outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or [{}]
+    return str(outs[0].get("md5", ""))
+
+
+def dvc_hashes(stage: str, model_dir: str | Path, root: str | Path = ".") -> dict[str, str]:
+    """DVC's own hashes of the stage's file dependencies and of the model folder, as dvc.lock will record them.
+    Falls back to plain md5 of the model folder when there is no dvc.yaml stage of that name."""
+    model_dir = Path(model_dir)
+    if Path(root, "dvc.yaml").exists():
+        os.environ.setdefault("DVC_SITE_CACHE_DIR", str(Path(root).resolve() / ".dvc" / "tmp" / "site_cache"))
+        try:
+            from dvc.dependency.param import ParamsDependency
+            from dvc.repo import Repo
+            with Repo(str(root)) as repo:
+                (st,) = repo.stage.collect(stage)
+                tags = {f"lineage.dep.{d.def_path}": str(d.get_hash().value) for d in st.deps
+                        if not isinstance(d, ParamsDependency) and d.exists}
+                for o in st.outs:
+                    if Path(o.fs_path).resolve() == model_dir.resolve():
+                        tags["lineage.model_md5"] = str(o.get_hash().value)
+            if "lineage.model_md5" in tags:
+                return {**tags, "lineage.hash_method": "dvc"}
+        except Exception as e:  # lineage must never fail a training run; the tag says what happened
+            return {"lineage.model_md5": md5_path(model_dir), "lineage.hash_method": "md5",
+                    "lineage.dvc_error": one_line(e, 200)}
+    return {"lineage.model_md5": md5_path(model_dir), "lineage.hash_method": "md5"}
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def count_rows(path: Path) -> int | None:
@@ -57,7 +109,7 @@ def log_dataset(path: str | Path, name: str, context: str, tags: dict | None = N
     from mlflow.data.meta_dataset import MetaDataset
 
     path = Path(path)
-    md5 = file_digest(path)
+    md5 = file_md5(path)
     rows = count_rows(path)
     all_tags = {"md5": md5, "bytes": str(path.stat().st_size), **({"rows": str(rows)} if rows is not None else {})}
     all_tags.update({k: str(v) for k, v in (tags or {}).items() if v is not None})

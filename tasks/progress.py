@@ -1,10 +1,10 @@
 """Progress display for a stage's ``on_log(step, metrics)`` stream (DESIGN invariant 4: the core reports through
 that callback; only the orchestration layers draw it).
 
-``Progress`` is itself an ``on_log`` callable. On a terminal it draws one tqdm-like line, redrawn in place at most
-``min_redraw_s`` apart (bar, count, rate, ETA, a few metrics); elsewhere (CI logs, Prefect, files) it prints a plain
+``Progress`` is itself an ``on_log`` callable. On a terminal it draws a tqdm bar, redrawn at most ``min_redraw_s``
+apart (count, rate, ETA, a few metrics as its postfix); elsewhere (CI logs, Prefect, files) it prints a plain
 line at the first step, then at most every ``every_s`` seconds, and at the last step, so logs stay short and
-greppable. ``RLHF_PROGRESS=bar|lines|off`` overrides the choice. Pure standard library: cheap to import anywhere.
+greppable. ``RLHF_PROGRESS=bar|lines|off`` overrides the choice. tqdm is imported only when a bar is drawn.
 
 ``expected_total(stage, cfg, root)`` is the number of steps a stage will report when it can be known before the
 stage runs (from the config and the row counts of its input files), else None (then no bar or ETA, only counts);
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -62,7 +61,8 @@ class Progress:
 
     def __init__(self, label: str, total: Optional[int] = None, unit: str = "step", every_s: float = 5.0,
                  stream: Optional[TextIO] = None, mode: Optional[str] = None, keys: tuple[str, ...] = (),
-                 max_metrics: int = 4, min_redraw_s: float = 0.2, clock: Callable[[], float] = time.monotonic):
+                 max_metrics: int = 4, min_redraw_s: float = 0.2, clock: Callable[[], float] = time.monotonic,
+                 show_first: bool = True):
         self.label, self.total, self.unit = label, (total if total and total > 0 else None), unit
         self.stream = stream if stream is not None else sys.stderr
         self.mode = mode or choose_mode(self.stream)
@@ -72,9 +72,11 @@ class Progress:
         self.keys, self.max_metrics = tuple(keys), max_metrics
         self.t0 = clock()
         self.first_step: Optional[float] = None
-        self.last_print = -math.inf
+        self.show_first = show_first       # False: nothing until the first interval has passed (quick jobs stay quiet)
+        self.last_print = -math.inf if show_first else self.t0
         self.step, self.metrics = 0.0, {}
         self.drawn = False
+        self._tqdm = None
 
     # -- on_log ----------------------------------------------------------------------------------------------------
     def __call__(self, step: float, metrics: Optional[dict] = None) -> None:
@@ -86,23 +88,31 @@ class Progress:
             return
         final = self.total is not None and step >= self.total
         wait = self.min_redraw_s if self.mode == "bar" else self.every_s
-        if not (final or not self.drawn or now - self.last_print >= wait):
+        if not (final or (not self.drawn and self.show_first) or now - self.last_print >= wait):
             return
         self.last_print = now
-        line = self.render(now)
         if self.mode == "bar":
-            width = shutil.get_terminal_size((100, 20)).columns - 1
-            self.stream.write("\r" + line[:width].ljust(width))
+            self._draw_bar()
         else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+            self.stream.write(self.render(now) + "\n")
+            self.stream.flush()
         self.drawn = True
+
+    def _draw_bar(self) -> None:
+        """The terminal bar is tqdm's (count, rate, ETA and our metrics as its postfix); we only throttle."""
+        if self._tqdm is None:
+            from tqdm import tqdm
+            self._tqdm = tqdm(total=self.total, desc=f"[{self.label}]", unit=self.unit, file=self.stream,
+                              dynamic_ncols=True, mininterval=0, leave=True)
+        self._tqdm.n = int(self.step) if float(self.step).is_integer() else self.step
+        self._tqdm.set_postfix_str(" ".join(f"{k}={_num(v)}" for k, v in self.shown_metrics()), refresh=False)
+        self._tqdm.refresh()
 
     def close(self) -> None:
         """Finish the bar's line (a no-op in lines mode)."""
-        if self.mode == "bar" and self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self._tqdm is not None:
+            self._tqdm.close()
+            self._tqdm = None
         self.drawn = False
 
     def __enter__(self) -> "Progress":
@@ -125,8 +135,6 @@ class Progress:
         rate = self.rate(now)
         if self.total:
             frac = min(self.step / self.total, 1.0)
-            if self.mode == "bar":
-                parts.append(bar(frac))
             parts.append(f"{step}/{self.total} {self.unit}s {frac:4.0%}")
         else:
             parts.append(f"{self.unit} {step}")
@@ -153,15 +161,6 @@ class Progress:
             if len(out) == self.max_metrics:
                 break
         return out
-
-
-def bar(frac: float, width: int = 20) -> str:
-    """A text bar; eighths of a cell for a smooth edge."""
-    frac = min(max(frac, 0.0), 1.0)
-    eighths = int(round(frac * width * 8))
-    full, part = divmod(eighths, 8)
-    partial = " ▏▎▍▌▋▊▉"[part] if part else ""
-    return "|" + ("█" * full + partial).ljust(width) + "|"
 
 
 def _num(v: float) -> str:

@@ -22,6 +22,8 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
+from tasks.lineage import data_dvc_md5, dvc_hashes, one_line
+
 POLICY_NAME = "rlhf-policy"
 REWARD_NAME = "rlhf-reward-model"
 CHALLENGER, CHAMPION = "challenger", "champion"
@@ -38,11 +40,6 @@ MAX_DESCRIPTION = 5000                       # the SQL store's limit for a model
 
 class RegistryError(RuntimeError):
     """A registry problem the user can act on; the message is one line."""
-
-
-def one_line(text: object, limit: int = 300) -> str:
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------------- connection
@@ -67,64 +64,11 @@ def connect(root: str | Path = ".", must_exist: bool = True) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- lineage
-def _md5_file(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def md5_path(path: str | Path) -> str:
-    """md5 of a file; for a folder, md5 over its sorted "relpath md5" lines (suffix .dir, like DVC's folder hashes,
-    but not byte-equal to them: used only where DVC cannot hash, and tagged ``lineage.hash_method=md5``)."""
-    path = Path(path)
-    if path.is_file():
-        return _md5_file(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    lines = "".join(f"{p.relative_to(path).as_posix()} {_md5_file(p)}\n" for p in files)
-    return hashlib.md5(lines.encode()).hexdigest() + ".dir"
-
-
 def _git(*args: str) -> str:
     try:
         return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
-
-
-def data_dvc_md5(root: str | Path = ".") -> str:
-    """The md5 data.dvc records for the raw data ("" without data.dvc)."""
-    import yaml
-    path = Path(root) / "data.dvc"
-    if not path.exists():
-        return ""
-    outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or [{}]
-    return str(outs[0].get("md5", ""))
-
-
-def dvc_hashes(stage: str, model_dir: str | Path, root: str | Path = ".") -> dict[str, str]:
-    """DVC's own hashes of the stage's file dependencies and of the model folder, as dvc.lock will record them.
-    Falls back to plain md5 of the model folder when there is no dvc.yaml stage of that name."""
-    model_dir = Path(model_dir)
-    if Path(root, "dvc.yaml").exists():
-        os.environ.setdefault("DVC_SITE_CACHE_DIR", str(Path(root).resolve() / ".dvc" / "tmp" / "site_cache"))
-        try:
-            from dvc.dependency.param import ParamsDependency
-            from dvc.repo import Repo
-            with Repo(str(root)) as repo:
-                (st,) = repo.stage.collect(stage)
-                tags = {f"lineage.dep.{d.def_path}": str(d.get_hash().value) for d in st.deps
-                        if not isinstance(d, ParamsDependency) and d.exists}
-                for o in st.outs:
-                    if Path(o.fs_path).resolve() == model_dir.resolve():
-                        tags["lineage.model_md5"] = str(o.get_hash().value)
-            if "lineage.model_md5" in tags:
-                return {**tags, "lineage.hash_method": "dvc"}
-        except Exception as e:  # lineage must never fail a training run; the tag says what happened
-            return {"lineage.model_md5": md5_path(model_dir), "lineage.hash_method": "md5",
-                    "lineage.dvc_error": one_line(e, 200)}
-    return {"lineage.model_md5": md5_path(model_dir), "lineage.hash_method": "md5"}
 
 
 def lineage_tags(model_dir: str | Path, stage: str, run_id: str | None) -> dict[str, str]:
@@ -354,7 +298,7 @@ def load_model(uri: str, kind: str | None = None, trust_remote_code: bool = Fals
     import tempfile
 
     import rlhf.generation  # noqa: F401  (import the core from this install before the model adds its code path)
-    import rlhf.reward  # noqa: F401
+    import rlhf.train_reward  # noqa: F401
     config = {"trust_remote_code": trust_remote_code}
     local = Path(uri)
     if local.is_dir() and not (local / "MLmodel").exists():

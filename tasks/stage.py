@@ -1,29 +1,32 @@
 """The one way a stage runs, whoever starts it (dvc repro, the Prefect flow, `rlhf stage NAME`): load its config
-section, call the core stage, write metrics and plots where dvc.yaml declares them, log everything to MLflow."""
+section, call the core stage (``rlhf.stages.<name>.run``), write metrics and plots where dvc.yaml declares them, log
+everything to MLflow. One generic task serves every stage, so a new stage needs no code here."""
 from __future__ import annotations
 
 import importlib
 
 import mlflow
+from prefect import task
 
 from rlhf.config import flatten, load_params, to_dict
 from rlhf.distributed import is_main_process
 from rlhf.stages.common import StageResult
 from tasks.figures import log_figures
+from tasks.graph import declared_stages
 from tasks.lineage import log_lineage
 from tasks.registry import POLICY_NAME, REWARD_NAME, log_and_register
 from tasks.tracking import StageLogger, stage_run, write_metrics, write_plots
 
 # Stages whose model output becomes a new registered version (alias "challenger").
 REGISTERS = {"reward": (REWARD_NAME, "reward"), "ppo": (POLICY_NAME, "policy")}
-STAGES = ("prepare", "pretrain", "sft", "collect", "annotate", "preferences", "reward", "ppo", "evaluate")
 
 
 def run_stage(stage: str, params_path: str = "params.yaml") -> tuple[StageResult, str]:
     """Run one stage in this process; returns its result and MLflow run id."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r} (stages: {', '.join(STAGES)})")
-    cfg = getattr(load_params(params_path), stage)
+    stages = declared_stages()
+    if stage not in stages:
+        raise ValueError(f"unknown stage {stage!r} (dvc.yaml's stages: {', '.join(stages)})")
+    cfg = load_params(params_path).section(stage)
     module = importlib.import_module(f"rlhf.stages.{stage}")
     if not is_main_process():
         # Another rank of a torchrun / accelerate launch: compute only; rank 0 tracks, writes and registers.
@@ -46,3 +49,10 @@ def run_stage(stage: str, params_path: str = "params.yaml") -> tuple[StageResult
             result.metrics["registered_version"] = float(
                 log_and_register(result.outputs["model"], name, kind, {"stage": stage, "run_id": run.info.run_id}))
         return result, run.info.run_id
+
+
+@task(name="stage")
+def stage_task(stage: str, params_path: str = "params.yaml") -> dict:
+    """One pipeline stage as a Prefect task (the flow names each run after its stage); returns its final metrics."""
+    result, _ = run_stage(stage, params_path)
+    return result.metrics

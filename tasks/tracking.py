@@ -241,3 +241,27 @@ def git_commit() -> str:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def log_ingest_run(options: dict, summary: dict, failed: bool) -> tuple[str, str]:
+    """One MLflow run "ingest" (`rlhf ingest --log-mlflow`): the options as params, the summary's metrics (the same
+    names the preferences stage logs), summary.json, and the input and output datasets. Returns (run id, URI)."""
+    from rlhf.preferences.ingest import summary_metrics
+    from tasks.lineage import log_ingest_inputs, log_outputs
+
+    uri = setup_tracking()
+    out = Path(summary["out_dir"])
+    run = mlflow.start_run(run_name="ingest")
+    status = "FAILED"
+    try:
+        mlflow.set_tags({"rlhf.command": "ingest", "rlhf.git_commit": git_commit(),
+                         "rlhf.ingest.status": "reject_limit_exceeded" if failed else "ok"})
+        mlflow.log_params(options)
+        mlflow.log_metrics(summary_metrics(summary))
+        mlflow.log_artifact(str(out / "summary.json"))
+        log_ingest_inputs("ingest", summary)
+        log_outputs("ingest", {"dir": str(out)}, context="ingest")
+        status = "FAILED" if failed else "FINISHED"
+    finally:
+        mlflow.end_run(status=status)
+    return run.info.run_id, uri

@@ -1,8 +1,10 @@
 """Benchmark-only timing hook (active only when RLHF_BENCH_TIMINGS names a file): wraps ``rlhf.stages.<name>.run``
-as each stage module is imported, and the promotion gates' model evaluations (``flows.promote.reward_accuracy`` and
-``compare_policies``: sampling and scoring with the challenger and champion models), and appends {"stage",
+as each stage module is imported, and the promotion gates' model evaluations (``tasks.promotion.judge_reward`` and
+``judge_policy``: loading, sampling and scoring with the challenger and champion models), and appends {"stage",
 "seconds"} of every call to that file. This measures the compute inside `make pipeline` / `dvc repro` without
-touching the core; bench.py puts this folder on PYTHONPATH for the pipeline run only."""
+touching the core; bench.py puts this folder on PYTHONPATH for the pipeline run only. The stages are dvc.yaml's
+(``tasks.graph.declared_stages`` of the process's working directory, the project root), read when the first
+``rlhf.stages`` module is imported: a process elsewhere that never imports one never reads it."""
 import os
 
 _OUT = os.environ.get("RLHF_BENCH_TIMINGS")
@@ -14,10 +16,22 @@ if _OUT:
     import sys
     import time
 
-    STAGES = {"prepare", "pretrain", "sft", "collect", "annotate", "preferences", "reward", "ppo", "evaluate"}
-    # module -> (functions to time, the name they are recorded under)
-    TIMED = {f"rlhf.stages.{s}": (("run",), s) for s in STAGES}
-    TIMED["flows.promote"] = (("reward_accuracy", "compare_policies"), "promote-gate-evaluation")
+    from tasks.graph import declared_stages
+
+    STAGE_MODULE = "rlhf.stages."
+    # module -> (functions to time, the name they are recorded under); the stages' modules are added from dvc.yaml
+    TIMED = {"tasks.promotion": (("judge_reward", "judge_policy"), "promote-gate-evaluation")}
+
+    @functools.lru_cache(maxsize=None)
+    def _stages_read() -> bool:
+        TIMED.update({STAGE_MODULE + s: (("run",), s) for s in declared_stages()})
+        return True
+
+    def _timed(name):
+        """(functions to time, stage name) of module ``name``, or None when it is not timed."""
+        if name.startswith(STAGE_MODULE) and name.count(".") == 2:
+            _stages_read()
+        return TIMED.get(name)
 
     def _wrap(module, attr, stage):
         inner = getattr(module, attr)
@@ -34,9 +48,10 @@ if _OUT:
 
     class _Finder(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
-            if name not in TIMED:
+            timed = _timed(name)
+            if timed is None:
                 return None
-            attrs, stage = TIMED[name]
+            attrs, stage = timed
             for finder in sys.meta_path:
                 if finder is self or not hasattr(finder, "find_spec"):
                     continue

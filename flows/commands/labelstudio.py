@@ -7,14 +7,14 @@ The server is ``--url`` (default ``$LABEL_STUDIO_URL``, else http://localhost:80
 ``$LABEL_STUDIO_API_KEY`` (prefer the variable: a command-line argument is visible to other users in `ps`).
 Inputs and the server (reachable, token accepted, project exists) are checked before the Prefect flow starts, so
 the usual mistakes are one line on stderr (exit 1) and cost no flow run. Heavy imports happen only when a
-subcommand runs (every `rlhf` invocation imports this module).
+subcommand runs (every `rlhf` invocation imports this module; tasks/labelstudio_inputs.py is standard library only).
 """
 from __future__ import annotations
 
 import os
 import sys
 
-DEFAULT_URL = "http://localhost:8080"
+from tasks.labelstudio_inputs import DEFAULT_TITLE, DEFAULT_URL, IMPORT_BATCH, TOKEN_ENV, URL_ENV
 
 
 def register(subparsers) -> None:
@@ -27,8 +27,9 @@ def register(subparsers) -> None:
     push.add_argument("--tasks", required=True, metavar="PATH", help="Label Studio import tasks (collect's tasks.json)")
     push.add_argument("--label-config", default=None, metavar="PATH",
                       help="labelling config XML (default: label_config.xml beside --tasks)")
-    push.add_argument("--title", default="rlhf rankings", help="project title (default: 'rlhf rankings')")
-    push.add_argument("--batch-size", type=int, default=500, metavar="N", help="tasks per import request")
+    push.add_argument("--title", default=DEFAULT_TITLE, help=f"project title (default: '{DEFAULT_TITLE}')")
+    push.add_argument("--batch-size", type=int, default=IMPORT_BATCH, metavar="N",
+                      help=f"tasks per import request (default: {IMPORT_BATCH})")
     pull = sub.add_parser("pull", help="export a project's finished annotations (full JSON) to a file",
                           description="Download the annotated tasks of a project as Label Studio's full JSON export "
                                       "(cancelled annotations included: `rlhf ingest` rejects them with a reason).")
@@ -36,15 +37,11 @@ def register(subparsers) -> None:
     pull.add_argument("--out", required=True, metavar="PATH", help="export file to write (.json)")
     for sp in (push, pull):
         sp.add_argument("--url", default=None,
-                        help=f"Label Studio base URL (default: $LABEL_STUDIO_URL, else {DEFAULT_URL})")
+                        help=f"Label Studio base URL (default: ${URL_ENV}, else {DEFAULT_URL})")
         sp.add_argument("--token", default=None,
-                        help="API token: legacy or personal access token (default: $LABEL_STUDIO_API_KEY)")
+                        help=f"API token: legacy or personal access token (default: ${TOKEN_ENV})")
     push.set_defaults(fn=cmd_push)
     pull.set_defaults(fn=cmd_pull)
-
-
-def _url(args) -> str:
-    return args.url or os.environ.get("LABEL_STUDIO_URL") or DEFAULT_URL
 
 
 def _fail(message: str) -> int:
@@ -52,24 +49,25 @@ def _fail(message: str) -> int:
     return 1
 
 
-def _client(args):
-    """(client, token as SecretStr), the server reachable and the token accepted (else LabelStudioError)."""
+def _connect(args, project_id: int | None = None):
+    """(client, token as SecretStr), the server reachable, the token accepted and the project there (else
+    LabelStudioError)."""
     from pydantic import SecretStr
 
-    from flows.labelstudio import LabelStudioClient, resolve_token
+    from tasks.labelstudio import connect
+    from tasks.labelstudio_inputs import resolve_token
     token = SecretStr(resolve_token(args.token))
-    client = LabelStudioClient(_url(args), token)
-    client.whoami()
-    return client, token
+    return connect(args.url, token, project_id), token
 
 
 def cmd_push(args) -> int:
-    from flows.labelstudio import LabelStudioError, load_tasks, push_to_label_studio
+    from flows.labelstudio import push_to_label_studio
+    from tasks.labelstudio_inputs import LabelStudioError, load_tasks
     if args.batch_size < 1:
         return _fail(f"--batch-size must be >= 1, got {args.batch_size}")
     try:
         tasks, _ = load_tasks(args.tasks, args.label_config)
-        client, token = _client(args)
+        client, token = _connect(args)
         result = push_to_label_studio(args.tasks, client.url, token, args.title,
                                       label_config_path=args.label_config, batch_size=args.batch_size)
     except LabelStudioError as e:
@@ -81,12 +79,12 @@ def cmd_push(args) -> int:
 
 
 def cmd_pull(args) -> int:
-    from flows.labelstudio import LabelStudioError, pull_from_label_studio
+    from flows.labelstudio import pull_from_label_studio
+    from tasks.labelstudio_inputs import LabelStudioError
     if os.path.isdir(args.out):
         return _fail(f"{args.out}: --out is a folder; give a file name such as {args.out.rstrip('/')}/export.json")
     try:
-        client, token = _client(args)
-        client.project(args.project)                                    # a missing project: HTTP 404, one line
+        client, token = _connect(args, args.project)                    # a missing project: HTTP 404, one line
         counts = pull_from_label_studio(args.project, args.out, client.url, token)
     except LabelStudioError as e:
         return _fail(str(e))

@@ -145,11 +145,6 @@ FUNCTION_WORDS: tuple[str, ...] = (
 )
 
 
-def adjectives_by_polarity(sign: int) -> dict[str, int]:
-    """The adjectives of one sign (+1 positive, -1 negative) with their graded polarity."""
-    return dict(POSITIVE_ADJECTIVES) if sign > 0 else dict(NEGATIVE_ADJECTIVES)
-
-
 def all_words() -> list[str]:
     """Every distinct word the lexicon knows (multi-word entries split), sorted."""
     entries: list[str] = [*FILM_NOUNS, *GENRES, *(a for a, _ in ASPECTS), *FIRST_NAMES, *LAST_NAMES, *ROLES,

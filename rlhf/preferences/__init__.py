@@ -15,7 +15,7 @@ Pure stdlib: no prefect, mlflow or dvc here (DESIGN.md, layer rlhf/).
 from .convert import Pair, group_by_item, item_key, ranking_to_pairs
 from .detect import FORMATS, FileReader, classify
 from .elo import EloScore, elo_scores
-from .ingest import IngestSummary, format_summary, ingest
+from .ingest import IngestSummary, format_summary, ingest, summary_metrics
 from .jsonstream import RawRecord, iter_json_array, iter_jsonl
 from .merge import Agreement, merge_annotations
 from .schema import IngestError, Ranking, ReaderConfig, Reject, RejectLimitExceeded
@@ -24,5 +24,5 @@ __all__ = [
     "Agreement", "EloScore", "FORMATS", "FileReader", "IngestError", "IngestSummary", "Pair", "Ranking",
     "RawRecord", "ReaderConfig", "Reject", "RejectLimitExceeded", "classify", "elo_scores", "format_summary",
     "group_by_item", "ingest", "item_key", "iter_json_array", "iter_jsonl", "merge_annotations",
-    "ranking_to_pairs",
+    "ranking_to_pairs", "summary_metrics",
 ]

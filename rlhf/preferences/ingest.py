@@ -18,12 +18,16 @@ task (a task without annotations is one record). ``read == accepted + rejected``
 from __future__ import annotations
 
 import json
+import re
 import os
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, Sequence
+
+from rlhf.config import PreferencesConfig
+from rlhf.jsonl import json_line
 
 from .convert import group_by_item, ranking_to_pairs
 from .detect import FileReader, normalise_format
@@ -33,7 +37,6 @@ from .schema import IngestError, Ranking, ReaderConfig, Reject, RejectLimitExcee
 
 PROGRESS_EVERY = 1000
 INPUT_SUFFIXES = (".json", ".jsonl")
-_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
 FILE_MODE = 0o644  # mkstemp creates 0600; outputs are ordinary data files
 
 
@@ -73,7 +76,7 @@ class _AtomicJsonl:
         self.count = 0
 
     def write(self, obj: dict) -> None:
-        self.fh.write(_ENCODE(obj) + "\n")
+        self.fh.write(json_line(obj) + "\n")
         self.count += 1
 
     def commit(self) -> None:
@@ -169,18 +172,22 @@ def _read_all(files: list[Path], cfg: ReaderConfig, format: str, rejects: _Atomi
     return tally
 
 
+# The one source of the ingest's defaults: the preferences stage's config (params.yaml's `preferences:` section).
+DEFAULTS = PreferencesConfig()
+
+
 def ingest(
     paths: Sequence[str | Path],
     out_dir: str | Path,
     *,
-    format: str = "auto",
-    max_reject_share: float = 0.2,
-    max_field_chars: int = 20000,
-    rating_scale: tuple[float, float] = (1, 7),
-    k_factor: float = 32.0,
-    initial_rating: float = 1000.0,
-    elo_rounds: int = 1,
-    ranker_key: str | None = None,
+    format: str = DEFAULTS.format,
+    max_reject_share: float = DEFAULTS.max_reject_share,
+    max_field_chars: int = DEFAULTS.max_field_chars,
+    rating_scale: tuple[float, float] = DEFAULTS.rating_scale,
+    k_factor: float = DEFAULTS.k_factor,
+    initial_rating: float = DEFAULTS.initial_rating,
+    elo_rounds: int = DEFAULTS.elo_rounds,
+    ranker_key: str | None = DEFAULTS.ranker_key,
     on_progress: Callable[[int], None] | None = None,
 ) -> IngestSummary:
     """Ingest preference annotations from ``paths`` into ``out_dir`` (files and schemas: module docstring).
@@ -276,3 +283,21 @@ def format_summary(summary: IngestSummary | dict) -> str:
                   for f in s["per_file"]]
         lines += [""] + list(_table(files))
     return "\n".join(lines)
+
+
+_METRIC_NAME_BAD = re.compile(r"[^\w./\- ]+")
+
+
+def summary_metrics(summary: IngestSummary | dict) -> dict[str, float]:
+    """The summary's numeric fields, agreement (``agreement_<name>``) and rejects by reason (``rejected/<reason>``),
+    as valid MLflow metric names (letters, digits, _ - . / and space). The one conversion: the preferences stage
+    and `rlhf ingest --log-mlflow` both log these."""
+    s = summary.to_dict() if isinstance(summary, IngestSummary) else summary
+    metrics = {k: float(v) for k, v in s.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for k, v in (s.get("agreement") or {}).items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            metrics[f"agreement_{k}"] = float(v)
+    for reason, n in (s.get("rejected_by_reason") or {}).items():
+        name = _METRIC_NAME_BAD.sub("_", reason.replace("'", "").replace('"', "")).strip("_ ")[:60] or "other"
+        metrics[f"rejected/{name}"] = metrics.get(f"rejected/{name}", 0.0) + float(n)
+    return metrics

@@ -74,11 +74,11 @@ def run(cfg: PPOConfig, on_log=None) -> StageResult:
             ckpt.save(iteration, trainable(models), trainer.state_dict(), rec.rows)
 
     last = trainer.train(on_iteration_end=on_iteration_end)
-    distributed.assert_in_sync(trainer.m.policy, dist)
+    distributed.assert_in_sync(trainer.models.policy, dist)
     if dist.is_main:
         with atomic_output_dir(cfg.out_dir) as tmp:
-            trainer.m.policy.lm = accel.merge_lora(trainer.m.policy.lm, tmp / accel.ADAPTER_DIR)
-            save_tokenizer_and_model(trainer.m.policy, tok, tmp)
+            trainer.models.policy.lm = accel.merge_lora(trainer.models.policy.lm, tmp / accel.ADAPTER_DIR)
+            save_tokenizer_and_model(trainer.models.policy, tok, tmp)
     ckpt.clear()
     distributed.barrier(dist)
     keep = ("objective/kl", "objective/scores", "objective/rlhf_reward", "objective/entropy", "val/eos_rate",

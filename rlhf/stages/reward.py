@@ -14,7 +14,7 @@ from rlhf.config import RewardConfig
 from rlhf.data import load_jsonl
 from rlhf.generation import sample_responses
 from rlhf.modeling import RewardModel, load_causal_lm, load_tokenizer
-from rlhf.reward import encode_groups, pairwise_accuracy, score_texts, set_normalization, train_reward_model
+from rlhf.train_reward import encode_groups, pairwise_accuracy, score_texts, set_normalization, train_reward_model
 from rlhf.stages.common import Recorder, StageResult, save_tokenizer_and_model, seed_everything
 
 

@@ -16,7 +16,7 @@ class RewardScorer(PythonModel):
 
     # The DataFrame hint tells MLflow to validate against the logged signature, not infer one from hints.
     def predict(self, context, model_input: pd.DataFrame, params=None):
-        from rlhf.reward import score_texts
+        from rlhf.train_reward import score_texts
         prompts, responses = list(model_input["prompt"]), list(model_input["response"])
         has_ended = "ended" in (model_input.columns if hasattr(model_input, "columns") else model_input)
         ended = [True if e is None or e != e else bool(e) for e in model_input["ended"]] if has_ended \

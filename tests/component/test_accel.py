@@ -86,7 +86,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tok):
         logits(m, ids, attn).logsumexp(-1).mean().backward()
     for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-6), name
-    assert accel.is_checkpointing(ckpt) and not accel.is_checkpointing(plain)
+    assert accel.hf_model(ckpt).is_gradient_checkpointing and not accel.hf_model(plain).is_gradient_checkpointing
 
 
 # -- LoRA -------------------------------------------------------------------------------------------------------------

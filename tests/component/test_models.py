@@ -3,7 +3,7 @@ import torch
 from rlhf.config import TrainConfig
 from rlhf.data import pad_left
 from rlhf.modeling import PolicyWithValueHead, RewardModel
-from rlhf.reward import encode_groups, pairwise_accuracy, train_reward_model
+from rlhf.train_reward import encode_groups, pairwise_accuracy, train_reward_model
 from rlhf.train_lm import evaluate_nll, sft_examples, train_causal_lm
 
 
@@ -56,7 +56,7 @@ def test_pairwise_reward_training_learns_a_preference(tok, tiny_lm):
 def test_truncated_responses_get_no_eos_from_merged_rankings(tok):
     """Ingest keeps each Label Studio candidate's `ended` under meta.annotations[].meta.candidates: a response
     cut at the length limit must reach the reward model without an EOS it never had."""
-    from rlhf.reward import response_ended
+    from rlhf.train_reward import response_ended
     row = {"prompt": "the film was", "responses": ["great.", "bad and the"], "ranks": [0, 1],
            "meta": {"annotations": [{"meta": {"candidates": [{"id": "r0", "ended": True},
                                                              {"id": "r1", "ended": False}]}}]}}

@@ -5,7 +5,7 @@ import torch
 from rlhf.config import ConfigError, ModelConfig, PPOConfig, SamplingConfig, TrainConfig
 from rlhf.modeling import CriticModel, PolicyWithValueHead, RewardModel, build_gpt2
 from rlhf.ppo import PPOModels, PPOTrainer
-from rlhf.reward import encode_groups, pairwise_accuracy, train_reward_model
+from rlhf.train_reward import encode_groups, pairwise_accuracy, train_reward_model
 
 SMALL = ModelConfig(n_layer=1, n_head=2, n_embd=32, n_positions=64)
 

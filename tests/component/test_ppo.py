@@ -33,11 +33,11 @@ def test_first_ratio_is_one_and_kl_zero_when_policy_equals_reference(tok, tiny_l
 def test_ppo_step_changes_parameters_and_lowers_loss_on_its_batch(tok, tiny_lm):
     trainer = make_trainer(tok, tiny_lm)
     exp = trainer.experience(trainer.rollout(0))
-    before_params = [p.detach().clone() for p in trainer.m.policy.parameters()]
+    before_params = [p.detach().clone() for p in trainer.models.policy.parameters()]
     before = batch_loss(trainer, exp)
     stats = trainer.optimize(exp, 0)
     after = batch_loss(trainer, exp)
-    changed = any(not torch.equal(a, p) for a, p in zip(before_params, trainer.m.policy.parameters()))
+    changed = any(not torch.equal(a, p) for a, p in zip(before_params, trainer.models.policy.parameters()))
     assert changed
     assert after < before
     for key in ("loss/policy_avg", "loss/value_avg", "policy/clipfrac_avg", "policy/approxkl_avg", "val/clipfrac_avg"):
@@ -62,10 +62,10 @@ def test_iteration_is_reproducible_from_state(tok, tiny_lm):
     a = make_trainer(tok, copy.deepcopy(tiny_lm))
     a.step()
     state = copy.deepcopy(a.state_dict())
-    weights = copy.deepcopy(a.m.policy.state_dict())
+    weights = copy.deepcopy(a.models.policy.state_dict())
     m_a = a.step()
     b = make_trainer(tok, copy.deepcopy(tiny_lm))
-    b.m.policy.load_state_dict(weights)
+    b.models.policy.load_state_dict(weights)
     b.load_state_dict(state)
     m_b = b.step()
     assert m_a["objective/scores"] == m_b["objective/scores"]

@@ -29,7 +29,8 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from flows.labelstudio import LabelStudioClient, LabelStudioError, load_tasks
+from tasks.labelstudio import LabelStudioClient
+from tasks.labelstudio_inputs import LabelStudioError, load_tasks
 
 ROOT = Path(__file__).resolve().parents[2]
 LS_VERSION = "1.23.2"
@@ -253,7 +254,7 @@ def test_flows_in_process_batches_and_keep_the_token_out_of_prefect(label_studio
 
 @pytest.mark.slow
 def test_import_retry_does_not_duplicate_tasks(label_studio, collect_out):
-    from flows.labelstudio import import_batch
+    from tasks.labelstudio import import_batch
     ls = label_studio
     tasks, config = load_tasks(collect_out / "tasks.json")
     client = LabelStudioClient(ls.url, ls.token)
@@ -285,11 +286,20 @@ def test_server_errors_are_one_line(label_studio, collect_out, tmp_path):
 def test_only_transient_errors_are_retried():
     from prefect.states import Completed, Failed
 
-    from flows.labelstudio import _transient
+    from tasks.labelstudio import _transient
     assert _transient(None, None, Failed(data=LabelStudioError("503", transient=True))) is True
     assert _transient(None, None, Failed(data=LabelStudioError("401"))) is False
     assert _transient(None, None, Failed(data=ValueError("bug"))) is False
     assert _transient(None, None, Completed(data=1)) is False
+
+
+def test_server_url_from_argument_else_environment_else_default(monkeypatch):
+    from tasks.labelstudio_inputs import DEFAULT_URL, URL_ENV
+    monkeypatch.delenv(URL_ENV, raising=False)
+    assert LabelStudioClient(None, "t").url == DEFAULT_URL
+    monkeypatch.setenv(URL_ENV, "http://ls.example:9000/")
+    assert LabelStudioClient(None, "t").url == "http://ls.example:9000"
+    assert LabelStudioClient("http://other:1", "t").url == "http://other:1"
 
 
 def test_transient_classification_of_a_refused_connection():

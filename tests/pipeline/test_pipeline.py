@@ -30,7 +30,7 @@ def first_run(project, prefect_harness, tmp_path_factory):
 
 
 def test_stage_order_comes_from_dvc_yaml(project):
-    from flows.dag import stage_order
+    from tasks.graph import stage_order
     assert stage_order(project) == STAGES
 
 

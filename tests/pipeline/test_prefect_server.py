@@ -1,4 +1,4 @@
-"""The temporary Prefect server `rlhf run` starts itself (flows/prefect_server.py): a real uvicorn process of
+"""The temporary Prefect server `rlhf run` starts itself (tasks/prefect_server.py): a real `prefect server start` process of
 Prefect's app on 127.0.0.1; a flow runs against it and completes; it is gone after stop()."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def test_a_flow_runs_against_the_temporary_server_and_the_server_stops(tmp_path,
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     from prefect import flow
 
-    from flows import prefect_server
+    from tasks import prefect_server
 
     server = prefect_server.LocalServer.start()
     try:
@@ -35,7 +35,7 @@ def test_a_flow_runs_against_the_temporary_server_and_the_server_stops(tmp_path,
 
 
 def test_a_server_that_cannot_start_is_reported_with_its_port(monkeypatch, tmp_path):
-    from flows import prefect_server
+    from tasks import prefect_server
 
     server = prefect_server.LocalServer.start()
     server.process.kill()

@@ -225,7 +225,7 @@ def test_registered_models_load_back_with_signature_and_predict(registry):
     import pandas as pd
 
     from rlhf.modeling import RewardModel, load_tokenizer
-    from rlhf.reward import score_texts
+    from rlhf.train_reward import score_texts
     from tasks.registry import load_model
     info = mlflow.models.get_model_info("models:/rlhf-policy@challenger")
     assert info.signature.inputs.input_names() == ["prompt"]

@@ -53,7 +53,7 @@ def test_config_is_frozen():
 
 
 def test_pairwise_agreement_by_hand():
-    from rlhf.stages.evaluate import distinct_n, pairwise_agreement
+    from rlhf.evaluation import distinct_n, pairwise_agreement
     gold = [1.0, 0.5, 0.45, 0.0]          # one group of 4: 6 pairs, one of them (0.5 vs 0.45) within 0.1
     scores = [3.0, 1.0, 2.0, 0.0]         # orders (0.5, 0.45) wrongly, everything else right
     assert pairwise_agreement(scores, gold, 4) == (5 / 6, 6)

@@ -24,7 +24,7 @@ ROW = re.compile(r"^\|\s*`(?P<key>[A-Za-z0-9_.]+)`\s*\|\s*(?P<type>[^|]*?)\s*\|\
 
 def type_text(annotation: str) -> str:
     """A field's annotation as the doc writes it: ``float | None`` -> ``float or null``, tuples -> list[...]."""
-    text = annotation.replace("typing.", "").replace("Optional[float]", "float | None")
+    text = re.sub(r"Optional\[(\w+)\]", r"\1 | None", annotation.replace("typing.", ""))
     text = re.sub(r"tuple\[(\w+), \.\.\.\]", r"list[\1]", text)
     return " or ".join("null" if part.strip() == "None" else part.strip() for part in text.split("|"))
 
@@ -42,23 +42,28 @@ def default_text(value) -> str:
     return repr(value)
 
 
-def dataclass_keys(cls: type, prefix: str) -> dict[str, tuple[str, str]]:
-    """{"section.sub.key": (type, default)} for every leaf field of ``cls``."""
+def dataclass_keys(default, prefix: str) -> dict[str, tuple[str, str]]:
+    """{"section.sub.key": (type, default)} for every leaf field of the default-built config ``default`` (a nested
+    section's defaults are its field's own: sft.train's are not pretrain.train's)."""
+    cls = type(default)
     hints = typing.get_type_hints(cls)
     out: dict[str, tuple[str, str]] = {}
     for f in dataclasses.fields(cls):
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        if dataclasses.is_dataclass(hints[f.name]):
-            out.update(dataclass_keys(hints[f.name], key))
+        if f.name == "extra_stages":          # filled by load_params from stage modules; not a params key
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        value = getattr(default, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(dataclass_keys(value, key))
+            continue
+        default_value = value
         annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        out[key] = (type_text(annotation), default_text(default))
+        out[key] = (type_text(annotation), default_text(default_value))
     return out
 
 
 def config_keys() -> dict[str, tuple[str, str]]:
-    return dataclass_keys(PipelineConfig, "")
+    return dataclass_keys(PipelineConfig(), "")
 
 
 def documented(text: str) -> dict[str, tuple[str, str]]:
@@ -103,7 +108,7 @@ def test_the_check_names_missing_stale_and_wrong_rows():
 
 def test_nested_and_typed_keys_are_walked():
     keys = config_keys()
-    assert keys["pretrain.train.lr"] == ("float", "0.0003")
+    assert keys["pretrain.train.lr"] == ("float", "0.002") and keys["sft.train.lr"] == ("float", "0.0005")
     assert keys["preferences.inputs"] == ("list[str]", "[artifacts/annotations/export.json]")
     assert keys["pretrain.model_path"] == ("str", '""')
     assert "ppo.sampling.max_new_tokens" in keys and "ppo.sampling" not in keys

@@ -7,10 +7,17 @@ import math
 
 import pytest
 
-from flows.promote import (Gates, GateResult, check, decide, load_settings, policy_gates, report_markdown,
-                           reward_gates, summary)
-from rlhf.config import ConfigError
-from tasks.registry import md5_path, model_card, parse_model_uri
+from flows.promote import summary
+from rlhf.config import ConfigError, PromoteConfig as Gates, load_params
+from rlhf.gates import GateResult, check, decide, policy_gates, reward_gates
+from tasks.lineage import md5_path
+from tasks.promotion_report import report_markdown
+from tasks.registry import model_card, parse_model_uri
+
+
+def load_settings(path):
+    cfg = load_params(path)
+    return cfg, cfg.promote
 
 GOOD = {"win_rate": 0.62, "kl_to_ref": 2.5, "gold_gain": 0.3, "reward_model_accuracy": 0.7}
 

@@ -1,18 +1,23 @@
 """`rlhf report` on hand-made run files (fast): figures, tables, numbers, escaping of untrusted text, missing files,
-promotion records, the MLflow part of the page; and the progress helper (tasks/progress.py)."""
+promotion records, the MLflow part of the page, a stage dvc.yaml declares that the report code never heard of."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
-from flows.report import (PPO_PANELS, StageRun, Tracking, fmt, load_run_files, render_html, section_promotion,
-                          section_stages, write_report)
+from report.build import output_path
+from report.data import load_run_files
+from report.mlflow_runs import StageRun, Tracking, matches
+from report.model import Page, fmt
+from report.render import render_html, write_html
+from report.sections import PPO_PANELS, build_page, promotion_section, stages_section
 
+PROJECT = Path(__file__).resolve().parents[2]
 EVALUATE = {"gold_score_sft": -0.8125, "gold_score_policy": 0.4375, "win_rate_vs_sft": 0.71875, "kl_to_ref": 3.25,
             "reward_model_accuracy": 0.6875, "reward_model_pairs": 96, "reward_model_accuracy_all": 0.65625,
             "reward_model_pairs_all": 120, "rm_score_sft": -0.03125, "rm_score_policy": 1.5625,
@@ -30,7 +35,9 @@ def write(path: Path, obj) -> None:
 
 
 def make_run(root: Path, promote: dict | None = None) -> Path:
-    """The files a tiny pipeline run leaves behind (no params.yaml: the default paths)."""
+    """The files a tiny pipeline run leaves behind, with this project's dvc.yaml (no params.yaml: default paths)."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROJECT / "dvc.yaml", root / "dvc.yaml")
     write(root / "metrics" / "prepare.json", {"records_read": 731, "records_accepted": 720, "records_rejected": 11,
                                               "n_corpus": 400, "n_sft": 120, "n_prompts": 200})
     for stage, loss in (("pretrain", 5.2177), ("sft", 4.0968)):
@@ -66,10 +73,22 @@ def make_run(root: Path, promote: dict | None = None) -> Path:
     return root
 
 
+def render(run, tracking=None) -> str:
+    return render_html(build_page(run, tracking, generated="now"))
+
+
+def render_sections(*sections) -> str:
+    """Only these sections (no charts to draw): what the promotion and stages tests look at."""
+    return render_html(Page("t", "", "", {}, [], list(sections)))
+
+
+def section(page: str, section_id: str) -> str:
+    return page.split(f'id="{section_id}"')[1].split("</section>")[0]
+
+
 @pytest.fixture(scope="module")
 def page(tmp_path_factory) -> str:
-    root = make_run(tmp_path_factory.mktemp("run"))
-    return render_html(load_run_files(root, max_samples=50), generated="now")
+    return render(load_run_files(make_run(tmp_path_factory.mktemp("run")), max_samples=50))
 
 
 def images(page: str) -> list[bytes]:
@@ -83,7 +102,7 @@ def test_every_curve_is_an_embedded_png(page):
     assert all(p.startswith(b"\x89PNG\r\n\x1a\n") and len(p) > 2000 for p in pngs)
     assert page.count("<img") == len(pngs)               # nothing else made an image (the sample is escaped)
     for title, _ in PPO_PANELS:
-        assert f'alt="{title}"' in page
+        assert f'alt="{title}"' in section(page, "stage-ppo")
     assert "http://" not in re.sub(r'href="[^"]*"', "", page) and "<script" not in page   # self-contained
 
 
@@ -99,40 +118,67 @@ def test_samples_table_has_one_row_per_sample_with_scores(page):
 
 def test_untrusted_text_is_escaped(page):
     assert EVIL not in page and EVIL_ATTR not in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
-    assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+    assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in page
     assert "a\\x00b\\x1bc" in page and "\x00" not in page and "\x1b" not in page
 
 
 def test_numbers_of_every_file_appear(page):
-    evaluate = page.split('id="evaluate"')[1].split("</section>")[0]
+    evaluate = section(page, "stage-evaluate")
     for key, value in EVALUATE.items():
         assert re.search(rf"<td>{key}</td><td class=\"num\">{re.escape(fmt(value))}</td>", evaluate), key
-    assert "-0.8125 → 0.4375 (Δ +1.250)" in page                                        # summary card
-    data = page.split('id="data"')[1].split("</section>")[0]
-    for text in ("731", "cancelled", "ranking names unknown candidate &#x27;r9&#x27;", "102", "0.8125", "0.625",
-                 "missing field &#x27;completion&#x27;", "labelstudio", "items_val"):
-        assert text in data, text
-    reward = page.split('id="reward"')[1].split("</section>")[0]
+    assert "-0.8125 → 0.4375 (Δ +1.250)" in section(page, "summary")
+    assert "731" in section(page, "stage-prepare") and "missing field &#39;completion&#39;" in page
+    preferences = section(page, "stage-preferences")
+    for text in ("cancelled", "ranking names unknown candidate &#39;r9&#39;", "102", "0.8125", "0.625",
+                 "labelstudio", "items_val"):
+        assert text in preferences, text
+    reward = section(page, "stage-reward")
     for value in ("0.7812", "0.5938", "0.6875", "0.6562"):        # train/val, gold (tie margin), gold (all pairs)
         assert value in reward
     assert "no promotion recorded" in page
 
 
 def test_partial_run_renders_with_notes(tmp_path):
-    (tmp_path / "metrics").mkdir()
+    shutil.copy(PROJECT / "dvc.yaml", tmp_path / "dvc.yaml")
     write(tmp_path / "metrics" / "sft.json", {"train_loss": 1.5})
     (tmp_path / "metrics" / "broken.json").write_text("{not json")
     run = load_run_files(tmp_path)
-    page = render_html(run)
+    page = render(run)
     assert "<img" not in page
-    assert "not found: metrics/evaluate.json" in page and "no PPO curves (plots/ppo/ppo.json)" in page
+    assert "not found: metrics/evaluate.json" in page and "not found: metrics/ppo.json" in page
     assert "not found: artifacts/evaluate/samples.jsonl" in page
     assert any("broken.json" in n for n in run.notes) and "broken.json: unreadable" in page
 
 
+def test_a_stage_the_report_code_does_not_know_is_shown(tmp_path):
+    """A fabricated tree: dvc.yaml declares evaluate, a made-up stage and sft (whose outputs are missing)."""
+    (tmp_path / "dvc.yaml").write_text("stages:\n  evaluate: {cmd: x}\n  distill: {cmd: y}\n  sft: {cmd: z}\n")
+    write(tmp_path / "metrics" / "distill.json", {"kd_loss": 0.3125, "teacher": "<b>big</b>"})
+    write(tmp_path / "plots" / "distill" / "kd.json", [{"step": s, "kd/loss": 1.0 / s} for s in range(1, 5)])
+    write(tmp_path / "metrics" / "evaluate.json", {"win_rate_vs_sft": 0.75})
+    write(tmp_path / "artifacts" / "evaluate" / "samples.jsonl", {"prompt": EVIL, "sft": "s", "policy": "p"})
+    page = render(load_run_files(tmp_path))
+    distill = section(page, "stage-distill")
+    assert '<td>kd_loss</td><td class="num">0.3125</td>' in distill and "&lt;b&gt;big&lt;/b&gt;" in distill
+    assert images(distill) and 'alt="distill: kd"' in distill         # its plot, drawn with no code for it
+    assert '<tr><td>distill</td><td>metrics/distill.json</td><td>kd</td></tr>' in section(page, "stages")
+    assert "not found: metrics/sft.json" in section(page, "stage-sft")
+    assert EVIL not in page and "&lt;script&gt;" in section(page, "stage-evaluate")
+    assert 'id="stage-prepare"' not in page and 'id="stage-preferences"' not in page   # not declared: not shown
+    assert "<b>big</b>" not in page
+
+
+def test_without_dvc_yaml_the_metrics_files_name_the_stages(tmp_path):
+    write(tmp_path / "metrics" / "sft.json", {"train_loss": 1.5})
+    run = load_run_files(tmp_path)
+    assert run.stages == ["sft"] and "dvc.yaml" in run.notes[0]
+    assert '<td>train_loss</td><td class="num">1.5</td>' in section(render(run), "stage-sft")
+
+
 def test_promotion_record_flat_and_per_model(tmp_path):
-    flat = section_promotion(load_run_files(make_run(tmp_path / "a", {"promoted": 0, "win_rate": 0.4})))
+    flat = render_sections(promotion_section(load_run_files(make_run(tmp_path / "a", {"promoted": 0,
+                                                                                       "win_rate": 0.4}))))
     assert "decision: <b>not promoted</b>" in flat and "win_rate" in flat
     nested = {"reward": {"model": "rlhf-reward-model", "decision": "promoted", "reason": "gates passed: accuracy",
                          "gates": [{"name": "accuracy", "value": 0.71, "threshold": 0.6, "op": ">=",
@@ -141,15 +187,16 @@ def test_promotion_record_flat_and_per_model(tmp_path):
                          "gates": [{"name": "win_rate", "value": 0.4, "threshold": 0.5, "op": ">=",
                                     "status": "fail"}], "metrics": {"win_rate": 0.4, "kl_to_ref": 1.5}},
               "run_id": "abc123"}
-    page = section_promotion(load_run_files(make_run(tmp_path / "b", nested)))
+    page = render_sections(promotion_section(load_run_files(make_run(tmp_path / "b", nested))))
     assert "decision: <b>rlhf-reward-model: promoted; rlhf-policy: refused</b>" in page
     assert "<td>win_rate</td><td class=\"num\">0.4</td><td>&gt;= 0.5</td><td>fail</td>" in page
     assert "win_rate 0.4 &lt; 0.5 &lt;b&gt;" in page and "abc123" in page and "(from <code>metrics/promote.json" in page
     mlflow_only = Tracking("sqlite:///x.db", promotion=nested, promotion_run_id="q" * 32,
                            promotion_url="http://127.0.0.1:5000/#/runs/q")
-    page = section_promotion(load_run_files(make_run(tmp_path / "c")), mlflow_only)
+    page = render_sections(promotion_section(load_run_files(make_run(tmp_path / "c")), mlflow_only))
     assert f'refused</b> (from MLflow run <a href="http://127.0.0.1:5000/#/runs/q">{"q" * 32}</a>)' in page
-    assert "no promotion recorded" in section_promotion(load_run_files(tmp_path / "c"), Tracking("sqlite:///x.db"))
+    assert "no promotion recorded" in render_sections(promotion_section(load_run_files(tmp_path / "c"),
+                                                                        Tracking("sqlite:///x.db")))
 
 
 def test_tracking_ids_and_links(tmp_path):
@@ -158,13 +205,13 @@ def test_tracking_ids_and_links(tmp_path):
                         stages={"ppo": StageRun("r" * 32, "http://127.0.0.1:5000/#/runs/r", True, True, 12.5,
                                                 ["rlhf-policy v3 (challenger)"]),
                                 "sft": StageRun("s" * 32, "javascript:alert(1)", False, False)})
-    page = section_stages(run, tracking)
+    page = render_sections(stages_section(run, tracking))
     assert f'<a href="http://127.0.0.1:5000/#/runs/r">{"r" * 32}</a>' in page
     assert "javascript:" not in page and f"<code>{'s' * 32}</code>" in page             # only http(s) links
     assert "rlhf-policy v3 (challenger)" in page and "an earlier run" in page and "NO (files come from" in page
-    out = write_report(run, tmp_path / "reports", tracking)
+    out = output_path(tmp_path / "reports", run, tracking)
     assert out.name == f"rlhf-report-{'p' * 32}.html"
-    text = out.read_text()
+    text = write_html(build_page(run, tracking), out).read_text()
     assert text.startswith("<!DOCTYPE html>") and f"<h1>RLHF pipeline run {'p' * 32}</h1>" in text
 
 
@@ -185,74 +232,11 @@ def test_cli_writes_one_page_per_run(tmp_path, capsys):
 
 
 def test_fmt_and_matches():
-    from flows.commands.report import matches
     assert [fmt(v) for v in (720.0, 0.6875, -0.041501, 32737.33, 2.58e-07, None, float("nan"), True)] == [
         "720", "0.6875", "-0.0415", "32737.3", "2.580e-07", "–", "–", "true"]
     assert matches({"final/a": 1.0, "final/b": 0.5}, {"a": 1, "b": 0.5, "c": None}) is True
     assert matches({"final/a": 1.0}, {"a": 2.0}) is False
     assert matches({}, {"a": 2.0}) is None and matches({"final/a": 1.0}, None) is None
-
-
-# ------------------------------------------------------------------------------------------- tasks/progress.py
-class Clock:
-    def __init__(self):
-        self.t = 100.0
-
-    def __call__(self):
-        return self.t
-
-
-def test_progress_lines_are_throttled_and_end_on_the_last_step():
-    from tasks.progress import Progress
-    clock, out = Clock(), io.StringIO()
-    p = Progress("ppo", total=10, every_s=5.0, stream=out, mode="lines", clock=clock,
-                 keys=("objective/kl",))
-    for step in range(1, 11):
-        clock.t += 1.0
-        p(step, {"perf/x": 1.0, "objective/scores": 0.5, "objective/kl": 0.25})
-    lines = out.getvalue().splitlines()
-    assert [ln.split()[1] for ln in lines] == ["1/10", "6/10", "10/10"]      # first, +5 s, last
-    assert "objective/kl=0.25 objective/scores=0.5" in lines[1] and "perf/x" not in lines[1]
-    assert "1 step/s" in lines[1] and "eta 0:04" in lines[1] and "100%" in lines[2]
-    p.close()
-    assert out.getvalue().count("\n") == 3
-
-
-def test_progress_bar_redraws_in_place_and_unknown_total():
-    from tasks.progress import Progress, bar, choose_mode
-    clock, out = Clock(), io.StringIO()
-    with Progress("sft", total=4, stream=out, mode="bar", clock=clock, min_redraw_s=0.0) as p:
-        for step in range(1, 5):
-            clock.t += 0.5
-            p(step, {"loss/train": 2.0})
-    text = out.getvalue()
-    assert text.count("\r") == 4 and text.endswith("\n") and text.count("\n") == 1
-    assert bar(0.5, 4) == "|██  |" and bar(1.0, 4) == "|████|"
-    out2 = io.StringIO()
-    Progress("pretrain", stream=out2, mode="lines", clock=clock)(7, {"loss/train": 1.0})
-    assert out2.getvalue().startswith("[pretrain] step 7 ") and "eta" not in out2.getvalue()
-    assert choose_mode(io.StringIO(), {}) == "lines" and choose_mode(io.StringIO(), {"RLHF_PROGRESS": "off"}) == "off"
-
-
-def test_expected_totals_match_the_training_plans(tmp_path):
-    from tasks.progress import expected_total
-    from rlhf.config import PipelineConfig, from_dict
-    cfg = from_dict(PipelineConfig, {"ppo": {"total_episodes": 640, "rollout_batch_size": 64},
-                                     "sft": {"data_dir": str(tmp_path), "train": {"batch_size": 16, "epochs": 3}},
-                                     "collect": {"prompts": str(tmp_path / "p.jsonl"), "k": 4, "max_prompts": 5}})
-    (tmp_path / "sft_train.jsonl").write_text('{"a": 1}\n' * 40 + "\n")
-    (tmp_path / "p.jsonl").write_text('{"prompt": "x"}\n' * 7)
-    assert expected_total("ppo", cfg.ppo) == 10
-    assert expected_total("sft", cfg.sft) == 9              # ceil(40 / 16) = 3 steps per epoch, 3 epochs
-    assert expected_total("collect", cfg.collect) == 20     # 5 prompts x 4 responses
-    assert expected_total("reward", cfg.reward, tmp_path / "nowhere") is None
-    assert expected_total("pretrain", cfg.pretrain) is None
-    from tasks.progress import for_stage
-    out = io.StringIO()
-    p = for_stage("ppo", cfg.ppo, stream=out, mode="lines")
-    p(1, {"loss/value_avg": 1.0, "objective/kl": 0.5})
-    line = out.getvalue()
-    assert line.startswith("[ppo] 1/10 iterations  10% ") and " objective/kl=0.5 loss/value_avg=1" in line
 
 
 def test_output_paths_come_from_params_yaml(tmp_path):

@@ -1,27 +1,45 @@
-"""The stage graph, read from dvc.yaml through DVC itself (DESIGN invariant 1: one DAG, defined once)."""
+"""The stage graph: the stage list, derived once from dvc.yaml (DESIGN invariant 1: one DAG, defined once; every
+other module that needs the stages imports them from here, and a test fails if any other module lists them), and
+what DVC says about it: which stages are stale and why, and recording a stage that ran in dvc.lock."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 
-def _repo(root: str | Path = "."):
-    from dvc.repo import Repo
-    return Repo(str(root))
+class GraphError(ValueError):
+    """dvc.yaml is missing or has no stages."""
+
+
+def declared_stages(root: str | Path = ".") -> list[str]:
+    """Names of the stages in dvc.yaml, in the order they are declared there (cheap: no DVC import)."""
+    import yaml
+
+    path = Path(root, "dvc.yaml")
+    if not path.is_file():
+        raise GraphError(f"{path}: not found (run from the project root, where dvc.yaml is)")
+    stages = list((yaml.safe_load(path.read_text()) or {}).get("stages") or {})
+    if not stages:
+        raise GraphError(f"{path}: no stages")
+    return stages
 
 
 def stage_order(root: str | Path = ".") -> list[str]:
-    """Names of the dvc.yaml stages in dependency order (ties broken by their order in dvc.yaml)."""
+    """Names of the dvc.yaml stages in dependency order, from DVC's own graph (ties broken by declaration order)."""
     import networkx as nx
-    import yaml
 
-    declared = list((yaml.safe_load(Path(root, "dvc.yaml").read_text()) or {}).get("stages", {}))
+    declared = declared_stages(root)
     with _repo(root) as repo:
         graph = repo.index.graph                      # edges point from a stage to the stages it depends on
         stages = {s.name: s for s in graph.nodes if getattr(s, "name", None) in declared}
         sub = graph.subgraph(stages.values()).reverse(copy=True)
         order = nx.lexicographical_topological_sort(sub, key=lambda s: declared.index(s.name))
         return [s.name for s in order]
+
+
+def _repo(root: str | Path = "."):
+    from dvc.repo import Repo
+    return Repo(str(root))
 
 
 def stale_reasons(stage: str, root: str | Path = ".") -> list[str]:
@@ -45,12 +63,11 @@ def _status_map(repo, stages: list[str]) -> dict[str, list[str]]:
 
 
 def commit_and_status(stage: str, remaining: list[str], root: str | Path = ".") -> dict[str, list[str]]:
-    """Record ``stage`` in dvc.lock and cache its outputs (as `dvc repro` would), then the stale reasons of the ``remaining`` stages, in one repository session."""
+    """Record ``stage`` in dvc.lock and cache its outputs (as `dvc repro` would), then the stale reasons of the
+    ``remaining`` stages from a new repository session (a session caches its index; the commit changed it)."""
     with _repo(root) as repo:
         repo.commit(stage, force=True)
-        if hasattr(repo, "_reset"):              # drop the index cached before the commit
-            repo._reset()
-        return _status_map(repo, remaining)
+    return all_stale_reasons(remaining, root)
 
 
 def _reasons(entries: list) -> list[str]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 
 from rlhf.kl import kl_penalty
 from rlhf.masking import _as_bool
 
-__all__ = ["shape_rewards", "last_token_index", "apply_missing_eos_penalty", "RunningMoments"]
+__all__ = ["shape_rewards", "last_token_index", "apply_missing_eos_penalty"]
 
 
 def last_token_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,35 +61,3 @@ def apply_missing_eos_penalty(scores: torch.Tensor, ended: torch.Tensor, penalty
     if penalty is None:
         return scores
     return scores - penalty * (~_as_bool(ended)).to(scores.dtype)
-
-
-class RunningMoments:
-    """Running mean / std of all values seen so far (Chan et al. parallel update), e.g. to normalise scores.
-
-    As TRL ``trl/trainer/utils.py`` RunningMoments (the reward-scaling trick of "The 37 Implementation Details").
-    ``update`` returns the batch mean and (unbiased) std; ``mean`` / ``std`` are the running ones.
-    """
-
-    def __init__(self) -> None:
-        self.mean, self.var, self.std, self.count = 0.0, 1.0, 1.0, 1e-24
-
-    @torch.no_grad()
-    def update(self, xs: torch.Tensor) -> tuple[float, float]:
-        """xs: any shape, all elements used. Returns (batch mean, batch std)."""
-        xs = xs.detach().double().flatten()  # (N,)
-        n = xs.numel()
-        if n == 0:
-            raise ValueError("RunningMoments.update: empty tensor")
-        batch_var, batch_mean = torch.var_mean(xs, correction=0)
-        delta, total = float(batch_mean) - self.mean, self.count + n
-        m2 = self.var * self.count + float(batch_var) * n + delta**2 * self.count * n / total
-        self.mean += delta * n / total
-        self.var, self.count = m2 / total, total
-        self.std = (self.var * total / max(total - 1, 1)) ** 0.5
-        return float(batch_mean), float(batch_var * n / max(n - 1, 1)) ** 0.5
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "var": self.var, "std": self.std, "count": self.count}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.mean, self.var, self.std, self.count = (float(state[k]) for k in ("mean", "var", "std", "count"))

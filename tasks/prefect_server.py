@@ -1,19 +1,19 @@
 """A temporary local Prefect API server for one `rlhf run`, started in the background while the flow's imports load.
 
-Without ``PREFECT_API_URL`` Prefect starts its own temporary server on the flow's first API call: ~4 s of server
-start-up, after the ~4-5 s of importing the flow (torch, transformers, mlflow, dvc), and importing the server module
-in-process costs as much again. Here the CLI starts the same server (Prefect's own app factory under uvicorn, as
-Prefect's ``SubprocessASGIServer`` does) as a separate process FIRST, so its boot overlaps the imports on another
-core; the flow then runs against it through ``temporary_settings(PREFECT_API_URL=...)``, and it is stopped when the
-process exits (after Prefect has flushed its logs and events to it). With ``PREFECT_API_URL`` set, or ephemeral
-mode off, nothing is started and the configured server is used.
+Without ``PREFECT_API_URL`` Prefect starts its own temporary server on the flow's first API call, after the ~4-5 s
+of importing the flow (torch, transformers, mlflow, dvc). Here the CLI first starts Prefect's own documented server
+command, ``prefect server start`` (API only: no UI, no background services), as a separate process, so its boot
+overlaps the imports on another core; the flow then runs against it through ``temporary_settings(PREFECT_API_URL=
+...)``. It is stopped at interpreter exit: the atexit handler is registered before Prefect's, so it runs after
+Prefect has flushed its logs and events (the interpreter drains Prefect's worker threads before any atexit handler).
+With ``PREFECT_API_URL`` set, or ephemeral mode off, nothing is started and the configured server is used.
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,6 +28,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _prefect_command() -> list[str]:
+    """The `prefect` console script of this interpreter's environment (else the one on PATH)."""
+    beside = Path(sys.executable).parent / "prefect"
+    return [str(beside)] if beside.exists() else [shutil.which("prefect") or "prefect"]
+
+
 class LocalServer:
     def __init__(self, port: int, process: subprocess.Popen):
         self.port, self.process = port, process
@@ -35,16 +41,13 @@ class LocalServer:
 
     @classmethod
     def start(cls) -> "LocalServer":
-        prefect_dir = Path(importlib.util.find_spec("prefect").submodule_search_locations[0])
         port = _free_port()
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-               "PREFECT__SERVER_FINAL": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         env.pop("PREFECT_API_URL", None)
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "error", "--lifespan", "on"],
-            env=env, stdin=subprocess.DEVNULL)
+            [*_prefect_command(), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui",
+             "--no-services", "--analytics-off", "--log-level", "ERROR", "--no-background"],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         server = cls(port, process)
         atexit.register(server.stop)        # registered before Prefect's own exit handlers, so it runs after them
         return server
@@ -66,21 +69,15 @@ class LocalServer:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            _drain_prefect_workers()       # logs and events still queued go to the server before it goes
+            if "prefect.logging.handlers" in sys.modules:    # logs still queued go to the server before it goes
+                with contextlib.suppress(Exception):
+                    sys.modules["prefect.logging.handlers"].APILogHandler.flush()   # public: logging's flush()
             self.process.terminate()
             try:                           # a throwaway server: no reason to wait long for open connections
-                self.process.wait(timeout=2)
+                self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-
-def _drain_prefect_workers() -> None:
-    """Flush Prefect's log and event workers (a no-op when none runs, e.g. after the interpreter's exit drained them)."""
-    for module, name in (("prefect.logging.handlers", "APILogWorker"), ("prefect.events.worker", "EventsWorker")):
-        if module in sys.modules:
-            with contextlib.suppress(Exception):
-                getattr(sys.modules[module], name).drain_all(timeout=5)
 
 
 def start_if_needed() -> LocalServer | None:

@@ -1,0 +1,16 @@
+"""JSON Lines text, standard library only (cheap to import from the ingest CLI)."""
+from __future__ import annotations
+
+import json
+import re
+
+# Characters Python's str.splitlines() (and some JSON Lines readers) break a line at, though JSON allows them raw.
+_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_LINE_BREAK_RE = re.compile("[\x85\u2028\u2029]")
+
+
+def json_line(obj, sort_keys: bool = False) -> str:
+    """One JSON Lines record (UTF-8 text kept readable), with U+0085/U+2028/U+2029 escaped so that every reader
+    sees exactly one line."""
+    text = json.dumps(obj, sort_keys=sort_keys, ensure_ascii=False)
+    return _LINE_BREAK_RE.sub(lambda m: _LINE_BREAKS[m.group(0)], text)
