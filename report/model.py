@@ -6,9 +6,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from rlhf.finite import finite_or_none
+
 
 def finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return finite_or_none(v) is not None
 
 
 def fmt(value: Any) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import sys
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
 import mlflow
+
+from rlhf.finite import finite_or_none
 
 from rlhf.checkpoint import CKPT_SUFFIX, checkpoint_dir, fingerprint, write_json_atomic
 
@@ -100,11 +101,6 @@ def setup_tracking(root: str | Path = ".") -> str:
     return uri
 
 
-def _finite(v) -> float | None:
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
 class StageLogger:
     """The core's on_log(step, metrics) -> MLflow metrics + progress (a bar on a terminal, throttled plain lines in
     CI logs: tasks/progress.py)."""
@@ -115,7 +111,7 @@ class StageLogger:
         self.progress = for_stage(stage, cfg, every_s=every_s)
 
     def __call__(self, step: int, metrics: dict) -> None:
-        clean = {k.replace("@", "_"): float(v) for k, v in metrics.items() if _finite(v) is not None}
+        clean = {k.replace("@", "_"): float(v) for k, v in metrics.items() if finite_or_none(v) is not None}
         with_retries(mlflow.log_metrics, clean, step=int(step))
         self.progress(step, clean)
 
@@ -126,7 +122,7 @@ class StageLogger:
 def write_metrics(stage: str, metrics: dict) -> Path:
     path = Path("metrics") / f"{stage}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({k: _finite(v) for k, v in sorted(metrics.items())}, indent=2) + "\n")
+    path.write_text(json.dumps({k: finite_or_none(v) for k, v in sorted(metrics.items())}, indent=2) + "\n")
     return path
 
 
@@ -135,7 +131,7 @@ def write_plots(stage: str, plots: dict[str, list[dict]]) -> list[Path]:
     for name, rows in plots.items():
         path = Path("plots") / stage / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps([{k: _finite(v) for k, v in r.items()} for r in rows], indent=1) + "\n")
+        path.write_text(json.dumps([{k: finite_or_none(v) for k, v in r.items()} for r in rows], indent=1) + "\n")
         out.append(path)
     return out
 
