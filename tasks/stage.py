@@ -4,6 +4,8 @@ everything to MLflow. One generic task serves every stage, so a new stage needs 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+from pathlib import Path
 
 import mlflow
 from prefect import task
@@ -21,11 +23,17 @@ from tasks.tracking import StageLogger, stage_run, write_metrics, write_plots
 REGISTERS = {"reward": (REWARD_NAME, "reward"), "ppo": (POLICY_NAME, "policy")}
 
 
+def stage_module_exists(stage: str) -> bool:
+    """A stage is a core module rlhf/stages/<name>.py with a ``run`` (dvc.yaml runs it as `rlhf stage <name>`)."""
+    return stage.isidentifier() and importlib.util.find_spec(f"rlhf.stages.{stage}") is not None and hasattr(
+        importlib.import_module(f"rlhf.stages.{stage}"), "run")
+
+
 def run_stage(stage: str, params_path: str = "params.yaml") -> tuple[StageResult, str]:
     """Run one stage in this process; returns its result and MLflow run id."""
-    stages = declared_stages()
-    if stage not in stages:
-        raise ValueError(f"unknown stage {stage!r} (dvc.yaml's stages: {', '.join(stages)})")
+    if not stage_module_exists(stage):
+        known = ", ".join(declared_stages()) if Path("dvc.yaml").is_file() else "see rlhf/stages/"
+        raise ValueError(f"unknown stage {stage!r} (stages: {known})")
     cfg = load_params(params_path).section(stage)
     module = importlib.import_module(f"rlhf.stages.{stage}")
     if not is_main_process():

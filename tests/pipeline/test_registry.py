@@ -298,7 +298,8 @@ def test_failing_gate_refuses_and_keeps_champion(registry):
 def test_promotion_then_rollback(registry, prefect_harness):
     from mlflow import MlflowClient
 
-    from flows.promote import Gates, promote, rollback_flow
+    from flows.promote import promote, rollback_flow
+    from rlhf.config import PromoteConfig as Gates
     use_policy(registry["root"], "near")                    # close to the reference: small KL
     pv, _, _ = register("ppo", "policy", "rlhf-policy", "models/policy", {"reward_path": "models/reward"}, {})
     gates = Gates(**{**GATES, "min_win_rate": 0.0, "min_gold_gain": None})
