@@ -303,7 +303,8 @@ def check_sampler(a) -> dict:
     from rlhf.data import load_jsonl
     from rlhf.generation import encode_prompts
     from rlhf.modeling import load_causal_lm, load_tokenizer
-    from rlhf.ppo import MAX_PROMPT_TOKENS
+    from rlhf.config import SamplingConfig
+    MAX_PROMPT_TOKENS = SamplingConfig().max_prompt_tokens
 
     p, art = load_params(CODE / "params.yaml"), Path(a.artifacts)
     tok = load_tokenizer(art / "models" / "sft")

@@ -42,7 +42,8 @@ def cmd_prepare(a) -> None:
     from rlhf.modeling import load_tokenizer
     from rlhf.train_reward import encode_groups, pair_index
     from rlhf.train_lm import sft_examples
-    from rlhf.ppo import MAX_PROMPT_TOKENS
+    from rlhf.config import SamplingConfig
+    MAX_PROMPT_TOKENS = SamplingConfig().max_prompt_tokens
 
     p, art, work = params(), Path(a.artifacts), Path(a.work)
     tok = load_tokenizer(art / "models" / "sft")

@@ -190,7 +190,8 @@ def main(argv=None) -> None:
     from rlhf.data import load_jsonl
     from rlhf.generation import encode_prompts
     from rlhf.modeling import load_causal_lm, load_tokenizer
-    from rlhf.ppo import MAX_PROMPT_TOKENS
+    from rlhf.config import SamplingConfig
+    MAX_PROMPT_TOKENS = SamplingConfig().max_prompt_tokens
     art = Path(a.artifacts)
     tok = load_tokenizer(art / "models" / "sft")
     lm = load_causal_lm(art / "models" / "sft", tok).eval()

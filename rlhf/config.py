@@ -123,6 +123,8 @@ class SFTConfig:
     data_dir: str = "artifacts/data"
     out_dir: str = "artifacts/models/sft"
     packing: bool = False               # concatenate whole examples into max_length blocks
+    chat_template: str = ""             # a Jinja chat template (file path or the template itself) given to the tokenizer
+                                        # and saved with the SFT model; "" = the tokenizer's own (if any)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, lr=5e-4))
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
@@ -134,10 +136,12 @@ class SamplingConfig:
     max_new_tokens: int = 24
     temperature: float = 1.0            # applied identically when sampling and when computing log-probs
     batch_size: int = 64
+    max_prompt_tokens: int = 32         # a longer rendered prompt keeps its end (the part the response continues)
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, "temperature must be > 0")
         _check(self.max_new_tokens >= 1, "max_new_tokens must be >= 1")
+        _check(self.max_prompt_tokens >= 1, "max_prompt_tokens must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -280,6 +284,7 @@ class EvaluateConfig:
     # simulated annotators (noise ~0.15) can resolve. reward_model_accuracy_all counts every non-equal pair.
     gold_tie_margin: float = 0.1
     rm_pairs_k: int = 4                 # SFT responses per prompt for the reward-model accuracy (all pairs of each)
+    score_max_length: int = 64          # tokens of prompt + response the reward model reads when scoring
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     seed: int = 1234

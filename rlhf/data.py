@@ -14,6 +14,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
+from rlhf.chat import encode_prompt, encode_response  # noqa: F401  (the encoders live with the renderer)
 from rlhf.jsonl import json_line
 
 
@@ -70,19 +71,6 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
 def write_json(path: str | Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def encode_prompt(tokenizer, prompt: str, max_tokens: int) -> list[int]:
-    """Token ids of a prompt, keeping its END (the part the response continues) when too long."""
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    return ids[-max_tokens:]
-
-
-def encode_response(tokenizer, response: str, add_eos: bool = True) -> list[int]:
-    """Responses continue the prompt after a space (byte-level BPE attaches the space to the next word)."""
-    text = response if response.startswith((" ", "\n")) else " " + response
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids + [tokenizer.eos_token_id] if add_eos else ids
 
 
 def pad_left(seqs: list[list[int]], pad_id: int, masks: list[list[int]] | None = None):

@@ -20,8 +20,6 @@ from rlhf.data import encode_prompt, encode_response, pad_left
 from rlhf.generation import Rollout, logprobs_of, sample_responses
 from rlhf.train_reward import score_texts
 
-SCORE_MAX_LENGTH = 64           # tokens of prompt + response the reward model reads when scoring
-PROMPT_MAX_TOKENS = 32          # prompt tokens kept (from the right) when computing a response's log-prob
 
 
 class Judge(Protocol):
@@ -91,11 +89,13 @@ def pairwise_agreement(scores: Sequence[float], gold: Sequence[float], k: int,
 
 
 @torch.no_grad()
-def sequence_logprob(model, tok, prompts, responses, ended, temperature: float, batch_size: int = 64) -> torch.Tensor:
-    """Summed log-prob (N,) of each response (EOS included when it ended) under ``model``."""
+def sequence_logprob(model, tok, prompts, responses, ended, temperature: float, max_prompt_tokens: int,
+                     batch_size: int = 64) -> torch.Tensor:
+    """Summed log-prob (N,) of each response (its end id included when it ended) under ``model``, the prompt rendered
+    and cut to ``max_prompt_tokens`` as when it was sampled."""
     out = []
     for i in range(0, len(prompts), batch_size):
-        q = [encode_prompt(tok, p, PROMPT_MAX_TOKENS) for p in prompts[i:i + batch_size]]
+        q = [encode_prompt(tok, p, max_prompt_tokens) for p in prompts[i:i + batch_size]]
         r = [encode_response(tok, t, add_eos=e) for t, e in zip(responses[i:i + batch_size], ended[i:i + batch_size])]
         q_ids, q_mask = pad_left(q, tok.pad_token_id)
         width = max(len(x) for x in r)
@@ -113,40 +113,43 @@ def sequence_logprob(model, tok, prompts, responses, ended, temperature: float, 
 def draw(policy, prompts: list[str], sampling, seed: int, on_progress: Callable | None = None) -> Samples:
     """One sampled response per prompt (``sampling``: max_new_tokens, temperature, batch_size)."""
     texts, ended = sample_responses(policy.model, policy.tok, prompts, sampling.max_new_tokens, sampling.temperature,
-                                    sampling.batch_size, seed, on_progress=on_progress)
+                                    sampling.batch_size, seed, sampling.max_prompt_tokens, on_progress=on_progress)
     return Samples(texts, ended)
 
 
-def kl_to(policy, reference, prompts: list[str], samples: Samples, temperature: float) -> torch.Tensor:
+def kl_to(policy, reference, prompts: list, samples: Samples, sampling) -> torch.Tensor:
     """(N,) log pi(y|x) - log ref(y|x) of the policy's own samples: a one-sample estimate of KL(pi || ref)."""
-    return (sequence_logprob(policy.model, policy.tok, prompts, samples.texts, samples.ended, temperature)
-            - sequence_logprob(reference.model, reference.tok, prompts, samples.texts, samples.ended, temperature))
+    t, q = sampling.temperature, sampling.max_prompt_tokens
+    return (sequence_logprob(policy.model, policy.tok, prompts, samples.texts, samples.ended, t, q)
+            - sequence_logprob(reference.model, reference.tok, prompts, samples.texts, samples.ended, t, q))
 
 
-def rm_scores(scorer, prompts: list[str], samples: Samples) -> list[float]:
-    """The reward model's (normalised) score of each response."""
-    return score_texts(scorer.model, scorer.tok, prompts, samples.texts, samples.ended, SCORE_MAX_LENGTH).tolist()
+def rm_scores(scorer, prompts: list, samples: Samples, max_length: int) -> list[float]:
+    """The reward model's (normalised) score of each response, reading at most ``max_length`` tokens."""
+    return score_texts(scorer.model, scorer.tok, prompts, samples.texts, samples.ended, max_length).tolist()
 
 
-def compare_policies(challenger, baseline, reference, prompts: list[str], sampling, seed: int,
-                     judge: Judge | None = None, scorer=None, on_progress: Callable | None = None) -> PolicyComparison:
+def compare_policies(challenger, baseline, reference, prompts: list, sampling, seed: int,
+                     judge: Judge | None = None, scorer=None, on_progress: Callable | None = None,
+                     score_max_length: int = 64) -> PolicyComparison:
     """Challenger vs baseline on the same prompts and seed: samples, KL of each to the reference (the baseline's is
     skipped when it is the reference), the judge's scores and the reward model's scores of both."""
     ch = draw(challenger, prompts, sampling, seed, on_progress)
     base = draw(baseline, prompts, sampling, seed, on_progress)
-    t = sampling.temperature
-    kl_base = None if baseline is reference else kl_to(baseline, reference, prompts, base, t)
-    c = PolicyComparison(prompts, ch, base, kl_to(challenger, reference, prompts, ch, t), kl_base)
+    kl_base = None if baseline is reference else kl_to(baseline, reference, prompts, base, sampling)
+    c = PolicyComparison(prompts, ch, base, kl_to(challenger, reference, prompts, ch, sampling), kl_base)
     if judge is not None:
         c.gold_challenger = judge.score_many(prompts, ch.texts, ch.ended)
         c.gold_baseline = judge.score_many(prompts, base.texts, base.ended)
     if scorer is not None:
-        c.rm_challenger, c.rm_baseline = rm_scores(scorer, prompts, ch), rm_scores(scorer, prompts, base)
+        c.rm_challenger = rm_scores(scorer, prompts, ch, score_max_length)
+        c.rm_baseline = rm_scores(scorer, prompts, base, score_max_length)
     return c
 
 
-def reward_model_accuracy(scorers: dict[str, Any], reference, judge: Judge, prompts: list[str], k: int, sampling,
-                          seed: int, tie_margin: float, on_progress: Callable | None = None) -> dict[str, dict]:
+def reward_model_accuracy(scorers: dict[str, Any], reference, judge: Judge, prompts: list, k: int, sampling,
+                          seed: int, tie_margin: float, on_progress: Callable | None = None,
+                          score_max_length: int = 64) -> dict[str, dict]:
     """Held-out pairwise accuracy of each reward model (``scorers``: label -> model) against the judge, on ``k``
     reference-policy samples per prompt (the same pairs for every model). Returns label -> {accuracy, pairs,
     accuracy_all, pairs_all}; ``_all`` counts every pair whose judge scores differ at all."""
@@ -155,7 +158,7 @@ def reward_model_accuracy(scorers: dict[str, Any], reference, judge: Judge, prom
     gold = judge.score_many(rep, samples.texts, samples.ended)
     out = {}
     for label, rm in scorers.items():
-        scores = rm_scores(rm, rep, samples)
+        scores = rm_scores(rm, rep, samples, score_max_length)
         acc, pairs = pairwise_agreement(scores, gold, k, tie_margin)
         acc_all, pairs_all = pairwise_agreement(scores, gold, k)
         out[label] = {"accuracy": acc, "pairs": pairs, "accuracy_all": acc_all, "pairs_all": pairs_all}

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
 from rlhf.accel import hf_model, model_device, to_device
+from rlhf.chat import end_ids
 from rlhf.data import encode_prompt, pad_left
 from rlhf.logprobs import entropy_from_logits
 from rlhf.modeling import position_ids_from_mask
@@ -96,9 +97,10 @@ def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> tup
 
 @torch.no_grad()
 def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int, temperature: float,
-           eos_id: int, pad_id: int, generator: torch.Generator | None = None, record: bool = False,
+           eos_id: int | Sequence[int], pad_id: int, generator: torch.Generator | None = None, record: bool = False,
            hidden: bool = False) -> Rollout:
-    """Sample up to ``max_new_tokens`` per prompt with a KV cache; stops early once every row has emitted EOS.
+    """Sample up to ``max_new_tokens`` per prompt with a KV cache; a row ends at the first of ``eos_id`` (one id or
+    several: a chat model's EOS and end-of-turn, rlhf/chat.py ``end_ids``); stops early once every row has ended.
     ``model`` is a causal LM (anything returning ``.logits`` and ``.past_key_values``).
 
     ``record``: also keep each drawn token's log-prob and each step's entropy (from the logits the draw used: PPO's
@@ -115,6 +117,7 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tok
     past, logits = _cache_of(out), out.logits[:, -1]                              # (B, V)
     next_pos = attn.sum(1, keepdim=True)                                          # (B, 1) next absolute position
     finished = torch.zeros(B, dtype=torch.bool, device=dev)
+    stop = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), dtype=torch.long, device=dev)  # (E,)
     tokens, masks, kept_logits, states = [], [], [], []
     for step in range(max_new_tokens):
         scaled = logits.float() / temperature                                     # (B, V)
@@ -127,7 +130,7 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tok
             kept_logits.append(scaled)                                             # log-probs after the loop
         if hidden:
             states.append(out.hidden_states[-1][:, -1])                            # (B, H)
-        finished = finished | (tok == eos_id)
+        finished = finished | torch.isin(tok, stop)
         if step == max_new_tokens - 1 or bool(finished.all()):   # no forward whose logits would be dropped
             break
         attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=dev)], 1)
@@ -167,23 +170,24 @@ def logprobs_of(model, rollout: Rollout, temperature: float) -> torch.Tensor:
 
 
 def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
-    """Response texts without EOS/pad, stripped of the leading space."""
+    """Response texts without their end id and padding, stripped of the leading space."""
     texts = []
+    drop = {*end_ids(tokenizer), tokenizer.pad_token_id}
     for ids, m in zip(rollout.response_ids.tolist(), rollout.response_mask.tolist()):
-        keep = [t for t, k in zip(ids, m) if k and t not in (tokenizer.eos_token_id, tokenizer.pad_token_id)]
+        keep = [t for t, k in zip(ids, m) if k and t not in drop]
         texts.append(tokenizer.decode(keep).strip())
     return texts
 
 
 def sample_responses(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float, batch_size: int,
-                     seed: int, max_prompt_tokens: int = 32, on_progress=None) -> tuple[list[str], list[bool]]:
+                     seed: int, max_prompt_tokens: int, on_progress=None) -> tuple[list[str], list[bool]]:
     """Sample one response per prompt (repeat prompts for several); returns texts and ended flags."""
     gen = torch.Generator().manual_seed(seed)
     texts: list[str] = []
     ended: list[bool] = []
     for i in range(0, len(prompts), batch_size):
         q, qm = to_device(model_device(model), *encode_prompts(tokenizer, prompts[i:i + batch_size], max_prompt_tokens))
-        r = sample(model, q, qm, max_new_tokens, temperature, tokenizer.eos_token_id, tokenizer.pad_token_id, gen)
+        r = sample(model, q, qm, max_new_tokens, temperature, end_ids(tokenizer), tokenizer.pad_token_id, gen)
         texts.extend(decode_responses(tokenizer, r))
         ended.extend(r.ended.tolist())
         if on_progress:

@@ -79,7 +79,19 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
         tok.add_special_tokens({"pad_token": PAD_TOKEN})
     tok.padding_side = "left"
+    tok.rlhf_end_ids = generation_end_ids(path)        # rlhf/chat.py: every id that ends a response
     return tok
+
+
+def generation_end_ids(path: str | Path) -> list[int]:
+    """The ``eos_token_id`` of a model folder's generation_config.json (an int or a list: chat models stop on
+    several ids, e.g. EOS and end-of-turn), else []."""
+    f = Path(path) / "generation_config.json"
+    if not f.is_file():
+        return []
+    value = json.loads(f.read_text()).get("eos_token_id")
+    ids = value if isinstance(value, list) else [value] if value is not None else []
+    return [int(i) for i in ids]
 
 
 def disable_dropout(model: nn.Module) -> nn.Module:

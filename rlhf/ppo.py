@@ -20,6 +20,7 @@ from typing import Callable, Optional
 import torch
 
 from rlhf.accel import model_device, to_device
+from rlhf.chat import end_ids
 from rlhf.config import PPOConfig
 from rlhf.distributed import SINGLE, DistContext, all_reduce_mean, shard, sync_gradients
 from rlhf.generation import encode_prompts, gather_logprobs, lm_response_logits, sample
@@ -30,7 +31,6 @@ from rlhf.masking import masked_mean
 from rlhf.optim import make_optimizer, make_scheduler
 from rlhf.rollout import Experience, experience_stats, make_experience, policy_forward
 
-MAX_PROMPT_TOKENS = 32
 
 
 def iteration_generator(seed: int, iteration: int, stream: int) -> torch.Generator:
@@ -92,14 +92,15 @@ class PPOTrainer:
     # -- phases -----------------------------------------------------------------------------------------------------
     def rollout(self, iteration: int):
         prompts = [self.prompts[i] for i in shard(self.schedule[iteration], self.dist)]
-        q_ids, q_mask = to_device(model_device(self.models.policy), *encode_prompts(self.tok, prompts, MAX_PROMPT_TOKENS))
+        q_ids, q_mask = to_device(model_device(self.models.policy), *encode_prompts(self.tok, prompts,
+                                                                              self.cfg.sampling.max_prompt_tokens))
         # fp32: the behaviour log-probs (and the shared head's hidden states) come from the sampler's own logits, as
         # exact as a second forward (1e-6) without its cost. bf16 rounds the KV-cache steps and a full forward
         # differently, so there they are recomputed by one forward like every later log-prob (ratio exactly 1 at
         # the first update).
         record = self.cfg.compute.precision == "fp32"
         return sample(self.models.policy.lm, q_ids, q_mask, self.cfg.sampling.max_new_tokens, self.cfg.sampling.temperature,
-                      self.tok.eos_token_id, self.tok.pad_token_id,
+                      end_ids(self.tok), self.tok.pad_token_id,
                       iteration_generator(self.dist.seed(self.cfg.seed), iteration, 1),
                       record=record, hidden=record and self.models.value_model is None)
 

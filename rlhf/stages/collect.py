@@ -36,6 +36,7 @@ def run(cfg: CollectConfig, on_log=None) -> StageResult:
     repeated = [p for p in prompts for _ in range(cfg.k)]                       # K consecutive copies per prompt
     s = cfg.sampling
     texts, ended = sample_responses(model, tok, repeated, s.max_new_tokens, s.temperature, s.batch_size, cfg.seed,
+                                    s.max_prompt_tokens,
                                     on_progress=(lambda n, t: on_log(n, {"progress/responses": n})) if on_log else None)
     tasks = [make_task(p, texts[i * cfg.k:(i + 1) * cfg.k], ended[i * cfg.k:(i + 1) * cfg.k])
              for i, p in enumerate(prompts)]

@@ -48,9 +48,10 @@ def run(cfg: EvaluateConfig, on_log=None) -> StageResult:
             done[0] += 1
             on_log(done[0], {"progress/sampling_passes": done[0]})
     c = compare_policies(policy, sft, sft, prompts, cfg.sampling, cfg.seed, judge=judge, scorer=Loaded(reward, tok),
-                         on_progress=progress)
+                         on_progress=progress, score_max_length=cfg.score_max_length)
     acc = reward_model_accuracy({"rm": Loaded(reward, tok)}, sft, judge, prompts, cfg.rm_pairs_k, cfg.sampling,
-                                cfg.seed + 1, cfg.gold_tie_margin, on_progress=progress)["rm"]
+                                cfg.seed + 1, cfg.gold_tie_margin, on_progress=progress,
+                                score_max_length=cfg.score_max_length)["rm"]
     metrics = {**comparison_metrics(c), "reward_model_accuracy": acc["accuracy"], "reward_model_pairs": acc["pairs"],
                "reward_model_accuracy_all": acc["accuracy_all"], "reward_model_pairs_all": acc["pairs_all"]}
     write_jsonl(Path(cfg.out_dir) / "samples.jsonl", sample_rows(c))

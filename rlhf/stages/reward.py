@@ -28,7 +28,8 @@ def normalize(model, tok, cfg: RewardConfig) -> dict:
     prompts = (prompts * (cfg.normalize_samples // max(len(prompts), 1) + 1))[:cfg.normalize_samples]
     policy = accel.prepare(load_causal_lm(cfg.model_path, tok), accel.model_device(model), cfg.compute, trainable=False)
     s = cfg.sampling
-    texts, ended = sample_responses(policy, tok, prompts, s.max_new_tokens, s.temperature, s.batch_size, cfg.seed + 1)
+    texts, ended = sample_responses(policy, tok, prompts, s.max_new_tokens, s.temperature, s.batch_size, cfg.seed + 1,
+                                    s.max_prompt_tokens)
     raw = score_texts(model, tok, prompts, texts, ended, cfg.train.max_length, normalized=False)
     return set_normalization(model, raw)
 

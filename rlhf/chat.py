@@ -1,0 +1,152 @@
+"""What the model sees: the one place a record's prompt (text or chat ``messages``) becomes model text and token ids.
+
+Every stage that feeds a model a prompt (sft, collect, reward, ppo, evaluate, serving) goes through ``render_prompt``
+/ ``encode_prompt`` here (rlhf/data.py re-exports the encoders). Two modes, decided by the tokenizer:
+
+* chat: the tokenizer has a chat template (its own, or one that params named and SFT saved with it). A prompt is
+  rendered by ``apply_chat_template(messages, add_generation_prompt=True)`` (a plain-text prompt becomes one user
+  turn); a response is the assistant's text followed by the template's end-of-turn token, exactly what the model
+  emits when it generates (DESIGN: "a response is what the model generated up to and including its end-of-turn
+  id"). Sampling stops on every end id of the model's generation config (real chat models stop on several).
+* plain: a base model without a template: the prompt text as it is, the response after a space, then EOS (the
+  demo). Messages given to a plain model are flattened to "Role: content" lines (documented, lossy).
+
+The end ids come from the model folder's generation_config.json (``eos_token_id``: an int or a list) and the
+tokenizer's EOS; ``load_tokenizer`` (rlhf/modeling.py) records them on the tokenizer as ``rlhf_end_ids``.
+Detail from TRL (``trl/data_utils.py`` maybe_apply_chat_template) and transformers' chat-template docs: render
+with ``tokenize=False`` and encode with ``add_special_tokens=False``, since the template writes BOS itself.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence, Union
+
+Message = dict
+Prompt = Union[str, Sequence[Message]]
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class ChatError(ValueError):
+    """A conversation the renderer cannot use (one line: what is wrong)."""
+
+
+def has_template(tok) -> bool:
+    return bool(getattr(tok, "chat_template", None))
+
+
+def is_messages(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(m, dict) for m in value)
+
+
+def as_messages(prompt: Prompt) -> list[Message]:
+    """A prompt as a list of {role, content}: text becomes one user turn; messages are checked."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if not is_messages(prompt) or not prompt:
+        raise ChatError(f"a prompt must be text or a non-empty list of {{role, content}} messages, not "
+                        f"{type(prompt).__name__}")
+    out = []
+    for i, m in enumerate(prompt):
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES or not isinstance(content, str):
+            raise ChatError(f"message {i}: needs a role in {', '.join(ROLES)} and text content, got {m!r:.80}")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """A short human-readable form of a prompt (for logs, Label Studio tasks and judges): the last user turn."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in as_messages(prompt) if m["role"] == "user"]
+    return users[-1] if users else as_messages(prompt)[-1]["content"]
+
+
+def _flatten(messages: list[Message]) -> str:
+    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages) + "\nAssistant:"
+
+
+def render_prompt(tok, prompt: Prompt) -> str:
+    """The text the model continues: the chat template with the generation prompt, or the plain text."""
+    if has_template(tok):
+        return tok.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
+    return prompt if isinstance(prompt, str) else _flatten(as_messages(prompt))
+
+
+def end_ids(tok) -> list[int]:
+    """Every id that ends a response: the generation config's eos ids (recorded by load_tokenizer) and EOS."""
+    ids = list(getattr(tok, "rlhf_end_ids", None) or [])
+    if tok.eos_token_id is not None and tok.eos_token_id not in ids:
+        ids.append(tok.eos_token_id)
+    return ids
+
+
+def turn_end_id(tok) -> int:
+    """The id that closes an assistant turn: in chat mode the first end id the template writes after the
+    assistant's content (e.g. <|im_end|>, <|eot_id|>), else EOS."""
+    cached = getattr(tok, "rlhf_turn_end_id", None)
+    if cached is not None:
+        return cached
+    found = tok.eos_token_id
+    if has_template(tok):
+        marker = "\u2063rlhf\u2063"
+        text = tok.apply_chat_template([{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}],
+                                       tokenize=False)
+        after = tok(text[text.index(marker) + len(marker):], add_special_tokens=False)["input_ids"]
+        ends = set(end_ids(tok))
+        found = next((t for t in after if t in ends), after[0] if after else tok.eos_token_id)
+    tok.rlhf_turn_end_id = found
+    return found
+
+
+def encode_prompt(tok, prompt: Prompt, max_tokens: int) -> list[int]:
+    """Token ids of a rendered prompt, keeping its END (the part the response continues) when too long."""
+    ids = tok(render_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
+    return ids[-max_tokens:]
+
+
+def encode_response(tok, response: str, add_eos: bool = True) -> list[int]:
+    """Token ids of a response as the model would have generated it: in chat mode the text then the end-of-turn
+    id; in plain mode the text after a space (byte-level BPE attaches the space to the next word), then EOS."""
+    if has_template(tok):
+        ids = tok(response, add_special_tokens=False)["input_ids"]
+        return ids + [turn_end_id(tok)] if add_eos else ids
+    text = response if response.startswith((" ", "\n")) else " " + response
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    return ids + [tok.eos_token_id] if add_eos else ids
+
+
+def assistant_mask(tok, messages: Sequence[Message], max_length: int) -> tuple[list[int], list[int]]:
+    """(ids, loss mask) of a whole conversation for SFT: the mask is 1 exactly on the assistant turns' tokens, each
+    up to and including its end-of-turn id (not the template's formatting after it), 0 on everything else.
+
+    Each assistant turn's span is found by rendering the conversation up to it with the generation prompt and up
+    to its end, and diffing the texts (TRL's approach when a template has no {% generation %} markers); the chat
+    template must render prefixes consistently, which is checked. Sequences longer than ``max_length`` keep their
+    beginning."""
+    msgs = as_messages(messages)
+    if not has_template(tok):
+        raise ChatError("SFT on `messages` needs a chat template (the tokenizer has none; set sft.chat_template)")
+    full = tok.apply_chat_template(msgs, tokenize=False)
+    spans = []
+    for i, m in enumerate(msgs):
+        if m["role"] != "assistant":
+            continue
+        before = tok.apply_chat_template(msgs[:i], tokenize=False, add_generation_prompt=True) if i else ""
+        upto = tok.apply_chat_template(msgs[:i + 1], tokenize=False)
+        if not (full.startswith(upto) and upto.startswith(before)):
+            raise ChatError("the chat template does not render conversations prefix by prefix; cannot find the "
+                            "assistant turns")
+        spans.append((len(before), len(upto)))
+    if not spans:
+        raise ChatError("a conversation for SFT needs at least one assistant turn")
+    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    ends, turn_end = set(end_ids(tok)), turn_end_id(tok)
+    mask = [0] * len(ids)
+    for start, stop in spans:
+        inside = [j for j, (a, b) in enumerate(offsets) if a >= start and b <= stop and b > a]
+        last = max((j for j in inside if ids[j] == turn_end or ids[j] in ends), default=None)
+        for j in inside:
+            if last is None or j <= last:
+                mask[j] = 1
+    return ids[:max_length], mask[:max_length]
