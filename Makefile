@@ -22,7 +22,7 @@ export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site_cache
 # create it on first use and reuse it across clones from here.
 export RLHF_LABEL_STUDIO_VENV ?= $(HOME)/.cache/rlhf-pipeline/label-studio-1.23.2
 
-.PHONY: venv data pipeline test test-fast report schedule bench label-studio-venv clean
+.PHONY: venv data pipeline example-chat test test-fast report schedule bench label-studio-venv clean
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -38,6 +38,11 @@ data: venv
 
 pipeline: data
 	$(VENV)/bin/rlhf run
+
+# Your own chat model and data (examples/chat/README.md): writes a tiny chat model and Parquet data where none are
+# (yours are kept), then runs that folder's pipeline: prepare, sft, preferences, reward, ppo, evaluate, promotion.
+example-chat: venv
+	cd examples/chat && ../../$(PY) -m rlhf.demo.chat_example . && ../../$(VENV)/bin/rlhf run
 
 test: venv
 	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS)

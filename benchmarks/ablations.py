@@ -266,7 +266,7 @@ def time_ppo_rounds(trainers: dict, rounds: int) -> tuple[dict, dict]:
                 t0 = time.perf_counter()
                 r = tr.rollout(max(it, 0))
                 t1 = time.perf_counter()
-                exp = tr.experience(r)
+                exp = tr.experience(r, max(it, 0))
                 t2 = time.perf_counter()
                 tr.optimize(exp, max(it, 0))
                 t3 = time.perf_counter()

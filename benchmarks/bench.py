@@ -77,7 +77,7 @@ def summary(r: dict) -> str:
 
 # -- artifacts ------------------------------------------------------------------------------------------------------
 def have_artifacts(art: Path) -> bool:
-    return all((art / p).exists() for p in ("models/base", "models/sft", "models/reward/reward_head.safetensors",
+    return all((art / p).exists() for p in ("models/base", "models/sft", "models/reward/model.safetensors",
                                             "preferences/rankings_train.jsonl", "data/prompts_ppo.jsonl"))
 
 

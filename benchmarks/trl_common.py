@@ -33,20 +33,22 @@ def tokenizer(path):
 
 
 def seqcls_from_ours(reward_dir: Path, normalised: bool = True):
-    """GPT2ForSequenceClassification on our reward model's trunk, our head copied into ``score``."""
+    """Our reward model (a GPT2ForSequenceClassification folder, rlhf/reward_format.py) with ``score`` given a bias,
+    so that its logit is the normalised score (``logits + config.rlhf_reward["bias"]``) or, ``normalised`` False,
+    the raw one (``(logits + bias) * raw_std + raw_mean``)."""
     import torch
-    from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     model = AutoModelForSequenceClassification.from_pretrained(str(reward_dir), num_labels=1)
-    head = load_file(str(reward_dir / "reward_head.safetensors"))
-    gain, bias = (float(head["gain"]), float(head["norm_bias"])) if normalised else (1.0, 0.0)
-    score = torch.nn.Linear(head["weight"].shape[1], 1, bias=True)
+    meta = model.config.rlhf_reward
+    scale, shift = (1.0, 0.0) if normalised else (meta["raw_std"], meta["raw_mean"])
+    w = model.score.weight.detach()
+    score = torch.nn.Linear(w.shape[1], 1, bias=True)
     with torch.no_grad():
-        score.weight.copy_(head["weight"] * gain)
-        score.bias.copy_(head["bias"] * gain + bias)
+        score.weight.copy_(w * scale)
+        score.bias.fill_(meta["bias"] * scale + shift)
     model.score = score
     return model
 

@@ -9,9 +9,9 @@ trl_ppo_rloo.py, where the PPO and RLOO runs are, import nothing of the project)
 
 Settings that change the work are set to ours: fp32 (TRL's configs default to bf16=True), no gradient checkpointing
 (TRL's default is on; we do not checkpoint), AdamW eps 1e-5, the same learning rates, schedules, sizes and seeds.
-Our reward model (a GPT2Model trunk + reward_head.safetensors with a normalising gain/bias) becomes a
-GPT2ForSequenceClassification (num_labels=1) on the same trunk weights with the head copied into ``score``; the
-normalisation is folded into ``score`` (a bias-carrying Linear, in memory only).
+Our reward model is a GPT2ForSequenceClassification folder (num_labels=1, the normalising gain folded into
+``score.weight``, the bias in ``config.rlhf_reward``); TRL gets it with ``score`` replaced by a bias-carrying Linear
+whose logit is the normalised (or raw) score, in memory only.
 """
 from __future__ import annotations
 

@@ -53,6 +53,12 @@ def as_messages(prompt: Prompt) -> list[Message]:
     return out
 
 
+def prompt_key(prompt: Prompt) -> str:
+    """A hashable, exact key of a prompt (text as is; messages as canonical JSON), e.g. for Elo score look-ups."""
+    import json
+    return prompt if isinstance(prompt, str) else json.dumps(as_messages(prompt), sort_keys=True, ensure_ascii=False)
+
+
 def prompt_text(prompt: Prompt) -> str:
     """A short human-readable form of a prompt (for logs, Label Studio tasks and judges): the last user turn."""
     if isinstance(prompt, str):
@@ -150,3 +156,20 @@ def assistant_mask(tok, messages: Sequence[Message], max_length: int) -> tuple[l
             if last is None or j <= last:
                 mask[j] = 1
     return ids[:max_length], mask[:max_length]
+
+
+def read_template(spec: str) -> str:
+    """A chat template given in params: a path to a Jinja file, else the template text itself."""
+    from pathlib import Path
+    p = Path(spec)
+    if len(spec) < 4096 and "{" not in spec:
+        if not p.is_file():
+            raise ChatError(f"chat template file {spec} not found")
+        return p.read_text(encoding="utf-8")
+    return spec
+
+
+def stop_ids(tok) -> list[int]:
+    """The end ids to record in a saved model's generation config: the turn end first, then the others."""
+    first = turn_end_id(tok)
+    return [first] + [i for i in end_ids(tok) if i != first]

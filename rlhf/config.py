@@ -76,15 +76,52 @@ class LoRAConfig:
 
 
 @dataclass(frozen=True)
+class DataSource:
+    """One stage input, read through Hugging Face ``datasets`` (rlhf/sources.py): a local file or folder, or a hub
+    dataset. Empty ``path`` and ``name`` = the stage's own default (prepare: ``<data_dir>/<input>.jsonl``)."""
+    path: str = ""                      # .jsonl/.json, .csv or .parquet file, or a save_to_disk folder (project-relative)
+    name: str = ""                      # a hub dataset id (org/name), read only when the hub is reachable
+    config: str = ""                    # the hub dataset's configuration (subset); "" = its default
+    split: str = "train"                # split of a hub dataset or of a saved DatasetDict folder
+    columns: dict[str, str] = field(default_factory=dict)   # their column -> ours, renamed before validation
+
+    def __post_init__(self) -> None:
+        _check(not (self.path and self.name), "give path (a local file or folder) or name (a hub dataset), not both")
+        _check(not self.config or bool(self.name), "config is a hub dataset's configuration: set name too")
+        _check(bool(self.split.strip()), "split must not be empty")
+        self.check_columns(self.columns)
+
+    @staticmethod
+    def check_columns(columns: dict[str, str]) -> None:
+        """A column mapping renames one to one: no empty names, no two columns onto one name."""
+        _check(all(k.strip() and v.strip() for k, v in columns.items()), "columns: names must not be empty")
+        targets = list(columns.values())
+        twice = sorted({t for t in targets if targets.count(t) > 1})
+        _check(not twice, f"columns: several columns are renamed to {twice[0]!r}" if twice else "")
+
+    @property
+    def is_set(self) -> bool:
+        return bool(self.path or self.name)
+
+
+@dataclass(frozen=True)
 class PrepareConfig:
-    data_dir: str = "data"
+    """The prepare stage (rlhf/stages/prepare.py): three inputs in, JSONL splits out. Record shapes: its docstring."""
+    data_dir: str = "data"              # where the default inputs live: corpus.jsonl, sft.jsonl, prompts.jsonl
     out_dir: str = "artifacts/data"
+    corpus: DataSource = field(default_factory=DataSource)   # {text}
+    sft: DataSource = field(default_factory=DataSource)      # {prompt, completion} or {messages}
+    prompts: DataSource = field(default_factory=DataSource)  # {prompt[, split]} or {messages}
+    use_corpus: bool = True             # false: no corpus is read (chat data on a pretrained model); corpus_* empty
     val_fraction: float = 0.05
-    max_chars: int = 2000               # longer texts are rejected (rejects.jsonl)
+    eval_fraction: float = 0.1          # prompts without a split column: share sent to eval (stable hash), rest ppo
+    max_chars: int = 2000               # longer texts (and message contents) are rejected (rejects.jsonl)
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check(0 < self.val_fraction < 0.5, "val_fraction must be in (0, 0.5)")
+        _check(0 < self.eval_fraction < 1, "eval_fraction must be in (0, 1)")
+        _check(self.use_corpus or not self.corpus.is_set, "corpus is set but use_corpus is false: drop one")
 
 
 @dataclass(frozen=True)
@@ -175,7 +212,9 @@ class AnnotateConfig:
 class PreferencesConfig:
     """The preferences stage; every option of the ingest (rlhf/preferences/ingest.py, `rlhf ingest`) is here, and
     these are the defaults of both."""
-    inputs: tuple[str, ...] = ("artifacts/annotations/export.json",)
+    inputs: tuple[str, ...] = ("artifacts/annotations/export.json",)   # files or folders: JSON, JSONL, CSV, Parquet, Arrow
+    dataset: DataSource = field(default_factory=DataSource)  # one more input: a hub dataset or a split of a folder
+    columns: dict[str, str] = field(default_factory=dict)    # renames for every file of inputs (their -> ours)
     out_dir: str = "artifacts/preferences"
     format: str = "auto"                # auto (detected per file) or one of rlhf.preferences.detect.FORMATS
     max_reject_share: float = 0.05      # fail when rejected / read exceeds this (outputs are still written)
@@ -188,7 +227,9 @@ class PreferencesConfig:
     val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
-        _check(len(self.inputs) > 0, "inputs must name at least one annotation export")
+        _check(len(self.inputs) > 0 or self.dataset.is_set, "inputs must name at least one annotation export "
+               "(or set dataset)")
+        DataSource.check_columns(self.columns)
         _check(0 <= self.max_reject_share <= 1, "max_reject_share must be in [0, 1]")
         _check(self.max_field_chars >= 1, "max_field_chars must be >= 1")
         _check(len(self.rating_scale) == 2 and self.rating_scale[0] < self.rating_scale[1],
@@ -279,6 +320,8 @@ class EvaluateConfig:
     prompts: str = "artifacts/data/prompts_eval.jsonl"
     corpus: str = "data/corpus.jsonl"
     out_dir: str = "artifacts/evaluate"
+    judge: str = "gold"                 # gold | reward_model | reward_model:PATH | module:function (rlhf/judges.py)
+    heldout_preferences: str = ""       # rankings (the preferences stage's rankings_val.jsonl): reward-model accuracy
     max_prompts: int = 256
     # Pairs whose gold scores differ by less than this are ties for the reward-model accuracy: below what the
     # simulated annotators (noise ~0.15) can resolve. reward_model_accuracy_all counts every non-equal pair.
@@ -346,6 +389,10 @@ def _coerce(tp: Any, value: Any, key: str, base: Any = None) -> Any:
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return None if value is None else _coerce(args[0], value, key)
+    if origin is dict:
+        _check(isinstance(value, dict), f"{key}: expected a mapping, got {type(value).__name__}")
+        kt, vt = typing.get_args(tp)
+        return {_coerce(kt, k, key): _coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
         _check(isinstance(value, (list, tuple)), f"{key}: expected a list, got {type(value).__name__}")
         return tuple(_coerce(typing.get_args(tp)[0], v, f"{key}[{i}]") for i, v in enumerate(value))

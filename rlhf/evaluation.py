@@ -163,3 +163,28 @@ def reward_model_accuracy(scorers: dict[str, Any], reference, judge: Judge, prom
         acc_all, pairs_all = pairwise_agreement(scores, gold, k)
         out[label] = {"accuracy": acc, "pairs": pairs, "accuracy_all": acc_all, "pairs_all": pairs_all}
     return out
+
+
+def load_scorer(path, device=None, compute=None):
+    """A reward model folder (ours or any one-label sequence-classification model) as a scorer with .model and its
+    own .tok (rlhf/reward_scoring.py: token ids when it shares the policy's tokenizer, else decoded text)."""
+    from rlhf.reward_scoring import load_scorer as load
+    return load(path, device=device, compute=compute)
+
+
+def preference_accuracy(scorer, rows: list[dict], max_length: int) -> dict:
+    """Pairwise accuracy of a reward model on held-out human rankings (rows {"prompt", "responses", "ranks"}, rank 0
+    best; ties give no pair): the share of ranked pairs it scores in the annotators' order."""
+    from rlhf.train_reward import response_ended
+    correct = total = 0
+    for r in rows:
+        ended = response_ended(r)
+        scores = rm_scores(scorer, [r["prompt"]] * len(r["responses"]), Samples(list(r["responses"]), ended),
+                           max_length)
+        ranks = r["ranks"]
+        for i in range(len(ranks)):
+            for j in range(len(ranks)):
+                if ranks[i] < ranks[j]:
+                    total += 1
+                    correct += scores[i] > scores[j]
+    return {"accuracy": correct / max(total, 1), "pairs": total}

@@ -1,5 +1,6 @@
 """Models: a byte-level BPE tokenizer and a small GPT-2 built from a config, any local Hugging Face causal LM,
-the policy with a value head on its trunk, and the reward model (the policy's architecture with a scalar head).
+the policy with a value head on its trunk, and the reward model (a trunk with a scalar head, saved and loaded as a
+``*ForSequenceClassification`` model: rlhf/reward_format.py).
 
 Everything is saved with ``save_pretrained`` / safetensors and loaded with the Auto classes (DESIGN.md invariant 5);
 ``trust_remote_code`` stays off unless the caller turns it on.
@@ -18,8 +19,7 @@ from rlhf.config import ModelConfig, TokenizerConfig
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"           # distinct from EOS, so EOS is learned and never masked as padding
 VALUE_HEAD_FILE = "value_head.safetensors"
-REWARD_HEAD_FILE = "reward_head.safetensors"
-REWARD_CONFIG_FILE = "reward_config.json"
+REWARD_HEAD_FILE = "reward_head.safetensors"     # the previous reward-model format (still read)
 FUSED_GELU = "gelu_pytorch_tanh"
 
 
@@ -175,26 +175,49 @@ class PolicyWithValueHead(nn.Module):
         return True
 
 
+def last_token_index(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id=None) -> torch.Tensor:
+    """(B, T), (B, T) -> (B,): where a sequence-classification model reads its score. transformers'
+    ``*ForSequenceClassification`` takes the rightmost token that is not ``pad_token_id`` (left or right padding);
+    so do we, among attended positions (our padding may use another id). Left-padded with a pad distinct from EOS:
+    the last position. 0 for a row with no such token (as transformers)."""
+    keep = attention_mask.bool()                                                   # (B, T)
+    if pad_token_id is not None:
+        keep = keep & (input_ids != pad_token_id)
+    positions = torch.arange(input_ids.size(1), device=input_ids.device)          # (T,)
+    return (positions * keep).argmax(-1)                                           # (B,)
+
+
 class RewardModel(nn.Module):
-    """The policy's architecture with a scalar head (seed, step 2), read at the last real token.
+    """A causal LM's trunk with a scalar head (seed, step 2), read where transformers'
+    ``*ForSequenceClassification`` reads it (``last_token_index``): saved as exactly such a model
+    (rlhf/reward_format.py), so ours loads with ``AutoModelForSequenceClassification`` and any one-label
+    sequence-classification reward model loads as ours.
 
-    Sequences are left-padded, so the last real token is always the last position. ``gain`` and ``bias`` normalise
-    the raw score to mean 0, std 1 on reference-policy samples (lm-human-preferences' reward normalisation)."""
+    ``gain`` and ``bias`` normalise the raw score to mean 0, std 1 on reference-policy samples (lm-human-preferences'
+    reward normalisation); saving folds ``gain`` into the head and records the additive bias in the config, so a
+    loaded model has gain 1 and its raw score is transformers' logit. ``tokenizer``: the model's own tokenizer when
+    loaded from a folder (``from_pretrained``), else None."""
 
-    def __init__(self, trunk: nn.Module):
+    def __init__(self, trunk: nn.Module, head: nn.Linear | None = None, bias: float = 0.0):
         super().__init__()
         self.trunk = trunk
-        self.score_head = nn.Linear(hidden_size(trunk.config), 1)
-        nn.init.normal_(self.score_head.weight, std=1.0 / (hidden_size(trunk.config) + 1) ** 0.5)
-        nn.init.zeros_(self.score_head.bias)
+        if head is None:
+            head = nn.Linear(hidden_size(trunk.config), 1)
+            nn.init.normal_(head.weight, std=1.0 / (hidden_size(trunk.config) + 1) ** 0.5)
+            nn.init.zeros_(head.bias)
+        self.score_head = head
         self.register_buffer("gain", torch.ones(()))
-        self.register_buffer("bias", torch.zeros(()))
+        self.register_buffer("bias", torch.full((), float(bias)))
+        text = trunk.config.get_text_config() if hasattr(trunk.config, "get_text_config") else trunk.config
+        self.pad_token_id = getattr(text, "pad_token_id", None)
+        self.tokenizer = None
 
     def raw_scores(self, input_ids, attention_mask) -> torch.Tensor:
-        """(B, T) -> (B,) unnormalised scores at the last position."""
+        """(B, T) -> (B,) unnormalised scores at the last non-pad token."""
         out = self.trunk(input_ids=input_ids, attention_mask=attention_mask,
                          position_ids=position_ids_from_mask(attention_mask))
-        last = out.last_hidden_state[:, -1]                                      # (B, H)
+        idx = last_token_index(input_ids, attention_mask, self.pad_token_id)      # (B,)
+        last = out.last_hidden_state[torch.arange(idx.size(0), device=idx.device), idx]   # (B, H)
         return self.score_head(last).squeeze(-1)                                 # (B, 1) -> (B,)
 
     def forward(self, input_ids, attention_mask) -> torch.Tensor:
@@ -202,40 +225,59 @@ class RewardModel(nn.Module):
 
     @classmethod
     def from_causal_lm_path(cls, path: str | Path, tokenizer=None, trust_remote_code: bool = False) -> "RewardModel":
-        """Initialise from an (SFT) causal LM checkpoint: its trunk, a fresh scalar head."""
-        from transformers import AutoModel
-
-        quiet_transformers()
-        trunk = AutoModel.from_pretrained(str(path), config=load_config(path, trust_remote_code),
-                                          trust_remote_code=trust_remote_code, use_safetensors=True)
-        if tokenizer is not None and trunk.get_input_embeddings().num_embeddings < len(tokenizer):
-            trunk.resize_token_embeddings(len(tokenizer))
-        return cls(disable_dropout(trunk))
+        """Initialise from an (SFT) causal LM checkpoint: its trunk, a fresh scalar head. The tokenizer's pad id goes
+        into the config: transformers reads a sequence-classification score at the last token that is not it."""
+        trunk = load_trunk(path, tokenizer, trust_remote_code)
+        if tokenizer is not None:
+            trunk.config.pad_token_id = tokenizer.pad_token_id
+            if hasattr(trunk.config, "get_text_config"):
+                trunk.config.get_text_config().pad_token_id = tokenizer.pad_token_id
+        return cls(trunk)
 
     def save_pretrained(self, out_dir: str | Path) -> None:
-        out_dir = Path(out_dir)
-        self.trunk.save_pretrained(out_dir, safe_serialization=True)
-        _save_tensors({"weight": self.score_head.weight, "bias": self.score_head.bias,
-                       "gain": self.gain, "norm_bias": self.bias}, out_dir / REWARD_HEAD_FILE)
-        (out_dir / REWARD_CONFIG_FILE).write_text(json.dumps(
-            {"gain": float(self.gain), "bias": float(self.bias), "score": "last token, left padding"}, indent=2))
+        """A ``*ForSequenceClassification`` folder (rlhf/reward_format.py); the tokenizer is saved by the caller."""
+        from rlhf.reward_format import save_reward_model
+        save_reward_model(self, out_dir)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, trust_remote_code: bool = False) -> "RewardModel":
-        from transformers import AutoModel
+        """Any local one-label sequence-classification reward model (safetensors), with its own tokenizer; or a
+        folder of the previous format (trunk + REWARD_HEAD_FILE)."""
+        from rlhf.reward_format import RewardFormatError, load_reward_tokenizer, load_seqcls
 
         quiet_transformers()
         path = Path(path)
-        if not (path / REWARD_HEAD_FILE).exists():
-            raise FileNotFoundError(f"{path}: not a reward model (no {REWARD_HEAD_FILE})")
-        trunk = AutoModel.from_pretrained(str(path), config=load_config(path, trust_remote_code),
-                                          trust_remote_code=trust_remote_code, use_safetensors=True)
-        model = cls(disable_dropout(trunk))
+        if not path.is_dir():
+            raise RewardFormatError(f"{path}: no such reward-model folder")
+        if (path / REWARD_HEAD_FILE).exists():
+            model = cls._from_head_file(path, trust_remote_code)
+        else:
+            trunk, head, bias = load_seqcls(path, trust_remote_code)
+            model = cls(disable_dropout(trunk), head, bias=bias)
+        model.tokenizer = load_reward_tokenizer(path, trust_remote_code)
+        return model
+
+    @classmethod
+    def _from_head_file(cls, path: Path, trust_remote_code: bool) -> "RewardModel":
+        """The previous format: an AutoModel trunk and REWARD_HEAD_FILE (head weight, bias, gain, norm_bias)."""
         t = _load_tensors(path / REWARD_HEAD_FILE)
+        model = cls(load_trunk(path, None, trust_remote_code))
         model.score_head.load_state_dict({"weight": t["weight"], "bias": t["bias"]})
         model.gain.copy_(t["gain"])
         model.bias.copy_(t["norm_bias"])
         return model
+
+
+def load_trunk(path: str | Path, tokenizer=None, trust_remote_code: bool = False) -> nn.Module:
+    """The AutoModel trunk (no LM head) of a checkpoint, dropout off; embeddings grown to the tokenizer."""
+    from transformers import AutoModel
+
+    quiet_transformers()
+    trunk = AutoModel.from_pretrained(str(path), config=load_config(path, trust_remote_code),
+                                      trust_remote_code=trust_remote_code, use_safetensors=True)
+    if tokenizer is not None and trunk.get_input_embeddings().num_embeddings < len(tokenizer):
+        trunk.resize_token_embeddings(len(tokenizer))
+    return disable_dropout(trunk)
 
 
 FINAL_NORMS = ("ln_f", "norm", "final_layer_norm", "final_layernorm")
@@ -287,5 +329,24 @@ class CriticModel(nn.Module):
 
     @classmethod
     def from_reward_model(cls, path: str | Path) -> "CriticModel":
+        """The reward model's trunk, and its head (with the normalising gain and bias) applied at every position, so
+        the critic starts out predicting the normalised score (TRL's PPO initialises the critic from the reward
+        model)."""
         rm = RewardModel.from_pretrained(path)
-        return cls(rm.trunk, rm.score_head)
+        w = rm.score_head.weight.detach() * rm.gain                               # (1, H)
+        b0 = rm.score_head.bias.detach() if rm.score_head.bias is not None else torch.zeros(1)
+        head = nn.Linear(w.size(1), 1)
+        with torch.no_grad():
+            head.weight.copy_(w)
+            head.bias.copy_(b0 * rm.gain + rm.bias)
+        return cls(rm.trunk, head)
+
+    @classmethod
+    def from_causal_lm_path(cls, path: str | Path, tokenizer=None) -> "CriticModel":
+        """The policy's own trunk and a fresh value head (small init, as PolicyWithValueHead's): for a reward model
+        whose tokenizer differs from the policy's, whose trunk cannot read the policy's token ids."""
+        trunk = load_trunk(path, tokenizer)
+        head = nn.Linear(hidden_size(trunk.config), 1)
+        nn.init.normal_(head.weight, std=1e-3)
+        nn.init.zeros_(head.bias)
+        return cls(trunk, head)

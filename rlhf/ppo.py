@@ -51,7 +51,7 @@ def prompt_schedule(n_prompts: int, batch_size: int, n_iterations: int, seed: in
 class PPOModels:
     policy: torch.nn.Module          # PolicyWithValueHead (trainable)
     ref_model: torch.nn.Module       # frozen causal LM
-    reward_model: torch.nn.Module    # RewardModel (frozen)
+    reward_model: torch.nn.Module    # RewardScorer or a RewardModel sharing the policy's tokenizer (frozen)
     value_model: Optional[torch.nn.Module] = None   # separate critic (optional, trainable)
 
 
@@ -90,8 +90,12 @@ class PPOTrainer:
         self.kl_ctl.load_state_dict(state["kl_ctl"])
 
     # -- phases -----------------------------------------------------------------------------------------------------
+    def batch_prompts(self, iteration: int) -> list:
+        """This rank's prompts of an iteration (text or chat messages)."""
+        return [self.prompts[i] for i in shard(self.schedule[iteration], self.dist)]
+
     def rollout(self, iteration: int):
-        prompts = [self.prompts[i] for i in shard(self.schedule[iteration], self.dist)]
+        prompts = self.batch_prompts(iteration)
         q_ids, q_mask = to_device(model_device(self.models.policy), *encode_prompts(self.tok, prompts,
                                                                               self.cfg.sampling.max_prompt_tokens))
         # fp32: the behaviour log-probs (and the shared head's hidden states) come from the sampler's own logits, as
@@ -104,12 +108,16 @@ class PPOTrainer:
                       iteration_generator(self.dist.seed(self.cfg.seed), iteration, 1),
                       record=record, hidden=record and self.models.value_model is None)
 
-    def experience(self, rollout) -> Experience:
+    def experience(self, rollout, iteration: Optional[int] = None) -> Experience:
+        """Score the rollout of ``iteration`` (default: the current one; its prompts reach a reward model that
+        re-encodes text, rlhf/reward_scoring.py)."""
         c = self.cfg
+        prompts = self.batch_prompts(self.iteration if iteration is None else iteration)
         return make_experience(self.models.policy, self.models.ref_model, self.models.reward_model, rollout,
                                temperature=c.sampling.temperature, kl_coef=self.kl_ctl.value, kl_estimator=c.kl_estimator,
                                gamma=c.gamma, lam=c.lam, missing_eos_penalty=c.missing_eos_penalty,
-                               whiten=c.whiten_advantages, pad_id=self.tok.pad_token_id, value_model=self.models.value_model)
+                               whiten=c.whiten_advantages, pad_id=self.tok.pad_token_id, value_model=self.models.value_model,
+                               prompts=prompts)
 
     def _minibatch_loss(self, exp: Experience, idx: torch.Tensor, train_value: bool = True) -> tuple[torch.Tensor, dict]:
         """Loss on rows ``idx`` of the experience: policy loss + vf_coef * value loss. ``train_value`` False: the
@@ -179,7 +187,7 @@ class PPOTrainer:
         t0 = time.perf_counter()
         rollout = self.rollout(it)
         t1 = time.perf_counter()
-        exp = self.experience(rollout)
+        exp = self.experience(rollout, it)
         t2 = time.perf_counter()
         kl_coef = self.kl_ctl.value
         stats = experience_stats(exp, kl_coef)

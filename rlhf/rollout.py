@@ -3,7 +3,8 @@
 The behaviour log-probs come from the sampler's own logits (fp32; ``sample(record=True)``), and the shared value
 head reads the hidden states the sampler kept, so scoring runs no policy forward; where nothing was recorded (bf16)
 one forward of the policy (shared trunk) gives both. The reference forward runs under inference mode; the reward
-model scores prompt + response exactly as sampled (EOS included).
+model scores prompt + response exactly as sampled (EOS included), or, with a tokenizer of its own, the decoded
+text rendered with its template (rlhf/reward_scoring.py).
 """
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from dataclasses import dataclass
 import torch
 
 from rlhf.advantages import gae, whiten_advantages
-from rlhf.data import pad_left
 from rlhf.generation import (Rollout, gather_logprobs, lm_response_logits, response_logits,
                              supports_logits_to_keep)
 from rlhf.logprobs import entropy_from_logits
 from rlhf.masking import masked_mean
+from rlhf.reward_scoring import repack_for_reward, score_rollout  # noqa: F401  (repack_for_reward: re-exported)
 from rlhf.reward_shaping import apply_missing_eos_penalty, shape_rewards
 
 
@@ -66,20 +67,15 @@ def behaviour_forward(policy, rollout: Rollout, temperature: float, need_values:
     return gather_logprobs(logits, rollout.response_ids), entropy_from_logits(logits), values
 
 
-def repack_for_reward(rollout: Rollout, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt + response real tokens, left-padded again so the last real token (EOS when it ended) is last."""
-    ids, attn = rollout.full()
-    seqs = [row[m.bool()].tolist() for row, m in zip(ids, attn)]
-    r_ids, r_attn = pad_left(seqs, pad_id)
-    return r_ids.to(ids.device), r_attn.to(ids.device)
-
-
 @torch.no_grad()
 def make_experience(policy, ref_model, reward_model, rollout: Rollout, *, temperature: float, kl_coef: float,
                     kl_estimator: str, gamma: float, lam: float, missing_eos_penalty: float, whiten: bool,
-                    pad_id: int, value_model=None) -> Experience:
+                    pad_id: int, value_model=None, prompts: list | None = None) -> Experience:
     """Score a rollout and compute GAE advantages and returns. ``value_model`` (optional) is a separate critic
-    returning values (B, T); by default the values come from the policy's own value head."""
+    returning values (B, T); by default the values come from the policy's own value head. ``reward_model``: a
+    RewardScorer (rlhf/reward_scoring.py: the policy's ids, or decoded text re-encoded for a reward model with
+    another tokenizer, which needs ``prompts``, the rollout's prompts) or a bare reward model sharing the policy's
+    tokenizer."""
     ids, attn = rollout.full()
     mask = rollout.response_mask.float()                                    # (B, R)
     ctx = rollout.context_length
@@ -88,8 +84,7 @@ def make_experience(policy, ref_model, reward_model, rollout: Rollout, *, temper
         values = value_model(ids, attn)[:, ctx - 1:-1]
     with torch.inference_mode():
         ref_logprobs = gather_logprobs(lm_response_logits(ref_model, ids, attn, ctx, temperature), rollout.response_ids)
-        r_ids, r_attn = repack_for_reward(rollout, pad_id)
-        raw_scores = reward_model(r_ids, r_attn).float()                     # (B,)
+        raw_scores = score_rollout(reward_model, rollout, prompts, pad_id)    # (B,)
     ref_logprobs, raw_scores = ref_logprobs.clone(), raw_scores.clone()      # leave inference mode
     scores = apply_missing_eos_penalty(raw_scores, rollout.ended, missing_eos_penalty)
     rewards, non_score_reward, kl = shape_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, kl_estimator)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf.accel import model_device, to_device
+from rlhf.chat import as_messages, assistant_mask
 from rlhf.config import TrainConfig
 from rlhf.data import batches, encode_prompt, encode_response, pad_left
 from rlhf.distributed import SINGLE, DistContext, all_reduce_sum, shard, sync_gradients
@@ -43,10 +44,22 @@ def pack_corpus(tokenizer, texts: list[str], block: int) -> list[Example]:
 
 
 def sft_examples(tokenizer, rows: list[dict], max_length: int) -> list[Example]:
-    """Prompt tokens (mask 0) + response tokens + EOS (mask 1); the prompt is cut on the left to fit."""
+    """One example per demonstration, the loss on the response only (TRL's completion-only loss):
+
+    * ``{"messages": [...]}``: the whole conversation through the chat template, mask 1 on every assistant turn up
+      to and including its end-of-turn id (rlhf/chat.py ``assistant_mask``); the rest is cut past ``max_length``;
+    * ``{"prompt": text or messages, "completion": text or [one assistant message]}``: the rendered prompt (mask 0,
+      cut on the left to fit) + the response and its end id (mask 1)."""
     out = []
     for r in rows:
-        resp = encode_response(tokenizer, r["completion"])[: max_length - 1]
+        if "messages" in r:
+            ids, mask = assistant_mask(tokenizer, r["messages"], max_length)
+            out.append(Example(ids, mask))
+            continue
+        completion = r["completion"]
+        if not isinstance(completion, str):                 # TRL conversational prompt-completion
+            completion = "".join(m["content"] for m in as_messages(completion) if m["role"] == "assistant")
+        resp = encode_response(tokenizer, completion)[: max_length - 1]
         prompt = encode_prompt(tokenizer, r["prompt"], max_length - len(resp))
         out.append(Example(prompt + resp, [0] * len(prompt) + [1] * len(resp)))
     return out

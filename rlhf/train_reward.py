@@ -5,9 +5,12 @@ Two objectives, chosen by ``reward.loss``:
   [- margin]). The K responses of a prompt sit in one batch so each is encoded once (InstructGPT section 3.5).
 - ``elo``: the source's way: rankings -> Elo score per response -> regression of the scalar output onto it.
 After training, the reward is normalised to mean 0, std 1 on reference-policy samples (lm-human-preferences
-train_reward.py normalises the same way, before and after training); gain and bias are saved with the model.
+train_reward.py normalises the same way, before and after training); the gain is folded into the saved head and the
+bias recorded in its config (rlhf/reward_format.py).
 """
 from __future__ import annotations
+
+from rlhf.chat import prompt_key
 
 import time
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ from rlhf.config import TrainConfig
 from rlhf.data import encode_prompt, encode_response, pad_left
 from rlhf.distributed import SINGLE, DistContext, all_reduce_sum, shard, sync_gradients
 from rlhf.optim import optimizer_step, setup_training
+from rlhf.reward_format import same_tokenizer
 from rlhf.train_lm import plan_batches
 
 
@@ -60,7 +64,7 @@ def encode_groups(tokenizer, rows: list[dict], max_length: int, elo: Optional[di
         for resp, e in zip(r["responses"], ended):
             rid = encode_response(tokenizer, resp, add_eos=bool(e))[: max_length - 1]
             seqs.append(encode_prompt(tokenizer, r["prompt"], max_length - len(rid)) + rid)
-        targets = [float((elo or {}).get((r["prompt"], resp), 0.0)) for resp in r["responses"]]
+        targets = [float((elo or {}).get((prompt_key(r["prompt"]), resp), 0.0)) for resp in r["responses"]]
         groups.append(Group(seqs, [int(x) for x in r["ranks"]], targets))
     return groups
 
@@ -149,9 +153,17 @@ def train_reward_model(model, groups: list[Group], cfg: TrainConfig, pad_id: int
 
 
 @torch.no_grad()
-def score_texts(model, tokenizer, prompts: list[str], responses: list[str], ended: list[bool], max_length: int,
+def score_texts(model, tokenizer, prompts: list, responses: list[str], ended: list[bool], max_length: int,
                 batch_size: int = 64, normalized: bool = True) -> torch.Tensor:
-    """Scores (N,) of prompt/response texts."""
+    """Scores (N,) of prompt/response texts with ``model`` fed through ``tokenizer``, which must be the model's
+    own: each prompt (text or chat messages) rendered as rlhf/chat.py renders it for that tokenizer (its chat
+    template with the generation prompt, or the plain text), then the response and its end-of-turn id when it
+    ended; at most ``max_length`` tokens (the prompt's beginning is cut first). A model loaded from a folder
+    (``RewardModel.from_pretrained``) knows its tokenizer, and another tokenizer is refused, never silently used."""
+    own = getattr(model, "tokenizer", None)
+    if own is not None and not same_tokenizer(own, tokenizer):
+        raise ValueError("score_texts: the tokenizer given is not the reward model's own (score with "
+                         "rlhf.reward_scoring.RewardScorer, which re-encodes text for the reward model)")
     model.eval()
     dev = model_device(model)
     out = []
@@ -161,15 +173,15 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], ende
             rid = encode_response(tokenizer, r, add_eos=e)[: max_length - 1]
             seqs.append(encode_prompt(tokenizer, p, max_length - len(rid)) + rid)
         ids, attn = to_device(dev, *pad_left(seqs, tokenizer.pad_token_id))
-        out.append((model(ids, attn) if normalized else model.raw_scores(ids, attn)).cpu())
+        out.append((model(ids, attn) if normalized else model.raw_scores(ids, attn)).float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 
 def set_normalization(model, raw_scores: torch.Tensor) -> dict:
-    """gain, bias such that gain * raw + bias has mean 0, std 1 on ``raw_scores`` (reference-policy samples)."""
+    """gain, bias such that gain * raw + bias has mean 0, std 1 on ``raw_scores`` (reference-policy samples); the
+    statistics are kept on the model (``model.normalization``) for the saved config (rlhf/reward_format.py)."""
     mean, std = float(raw_scores.mean()), float(raw_scores.std().clamp(min=1e-6))
     model.gain.fill_(1.0 / std)
     model.bias.fill_(-mean / std)
+    model.normalization = {"raw_mean": mean, "raw_std": std, "samples": int(raw_scores.numel())}
     return {"norm/raw_mean": mean, "norm/raw_std": std, "norm/gain": 1.0 / std, "norm/bias": -mean / std}
-
-

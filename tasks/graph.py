@@ -31,7 +31,9 @@ def stage_order(root: str | Path = ".") -> list[str]:
     declared = declared_stages(root)
     with _repo(root) as repo:
         graph = repo.index.graph                      # edges point from a stage to the stages it depends on
-        stages = {s.name: s for s in graph.nodes if getattr(s, "name", None) in declared}
+        here = (Path(root).resolve() / "dvc.yaml")
+        stages = {s.name: s for s in graph.nodes if getattr(s, "name", None) in declared
+                  and Path(s.dvcfile.path).resolve() == here}      # a repo may hold other dvc.yaml (examples/)
         sub = graph.subgraph(stages.values()).reverse(copy=True)
         order = nx.lexicographical_topological_sort(sub, key=lambda s: declared.index(s.name))
         return [s.name for s in order]

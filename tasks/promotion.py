@@ -19,7 +19,8 @@ import mlflow
 from mlflow import MlflowClient
 
 from rlhf.config import EvaluateConfig, PromoteConfig, SamplingConfig
-from rlhf.evaluation import PolicyComparison, compare_policies, mean, reward_model_accuracy, win_rate
+from rlhf.evaluation import (PolicyComparison, compare_policies, mean, preference_accuracy, reward_model_accuracy,
+                             win_rate)
 from rlhf.gates import GateResult, decide, policy_gates, reward_gates
 from tasks.registry import (CHALLENGER, CHAMPION, POLICY_NAME, REWARD_NAME, LocalModel, RegistryError, load_model,
                             set_champion, version_by_alias)
@@ -35,6 +36,8 @@ class Setting:
     reference_path: str
     sampling: SamplingConfig
     tie_margin: float
+    heldout: Optional[list] = None        # held-out human rankings: the reward gate's accuracy when the judge is no gold
+    score_max_length: int = 64
 
 
 class Pending(NamedTuple):
@@ -78,14 +81,18 @@ def setting(ev: EvaluateConfig, gates: PromoteConfig, prompts_path: str | None =
             reference_path: str | None = None) -> Setting:
     """The measurement setting from the ``evaluate`` section's paths (each overridable)."""
     from rlhf.data import load_jsonl
-    from rlhf.demo.judge import GoldJudge
+    from rlhf.evaluation import load_scorer
+    from rlhf.judges import load_judge
     prompts_path, corpus_path = prompts_path or ev.prompts, corpus_path or ev.corpus
     reference_path = reference_path or ev.sft_path
     for what, p in (("held-out prompts", prompts_path), ("reference (SFT) model", reference_path)):
         if not Path(p).exists():
             raise RegistryError(f"{what} {p} not found: run the pipeline (or `dvc pull`) first")
     return Setting(prompts=[r["prompt"] for r in load_jsonl(prompts_path)][: gates.max_prompts],
-                   judge=GoldJudge.from_corpus(corpus_path) if Path(corpus_path).exists() else None,
+                   judge=None if ev.judge == "gold" and not Path(corpus_path).exists() else load_judge(
+                       ev.judge, corpus_path, ev.reward_path, load_scorer, ev.score_max_length),
+                   heldout=load_jsonl(ev.heldout_preferences) if ev.heldout_preferences and Path(
+                       ev.heldout_preferences).exists() else None, score_max_length=ev.score_max_length,
                    reference=LocalModel(Path(reference_path), "policy", {}).unwrap_python_model(),
                    reference_path=str(reference_path), sampling=ev.sampling, tie_margin=ev.gold_tie_margin)
 
@@ -101,12 +108,19 @@ def _decision(name: str, pend: Pending, baseline: str, metrics: dict, gates: lis
 def judge_reward(s: Setting, g: PromoteConfig, pend: Pending) -> dict:
     """Gate the reward-model challenger on its held-out accuracy (vs the gold judge; else its val_accuracy tag)."""
     ch, champ = pend.challenger, pend.champion
-    if s.judge is not None:
+    if s.judge is not None and s.judge.name != "gold" and s.heldout:
+        m = {"accuracy": preference_accuracy(load_version(REWARD_NAME, ch.version), s.heldout,
+                                             s.score_max_length)["accuracy"]}
+        if champ is not None:
+            m["champion_accuracy"] = preference_accuracy(load_version(REWARD_NAME, champ.version), s.heldout,
+                                                         s.score_max_length)["accuracy"]
+        m["accuracy_by"] = "held-out human preferences"
+    elif s.judge is not None and s.judge.name == "gold":
         scorers = {"accuracy": load_version(REWARD_NAME, ch.version)}
         if champ is not None:
             scorers["champion_accuracy"] = load_version(REWARD_NAME, champ.version)
         measured = reward_model_accuracy(scorers, s.reference, s.judge, s.prompts, g.rm_pairs_k, s.sampling,
-                                         g.seed + 1, s.tie_margin)
+                                         g.seed + 1, s.tie_margin, score_max_length=s.score_max_length)
         m: dict = {}
         for label, acc in measured.items():
             m[label], m[f"{label}_pairs"] = acc["accuracy"], acc["pairs"]
@@ -174,7 +188,7 @@ def judge_policy(s: Setting, g: PromoteConfig, reward: dict, pend: Pending) -> d
     champ = pend.champion
     baseline = load_version(POLICY_NAME, champ.version) if champ is not None else s.reference
     c = compare_policies(load_version(POLICY_NAME, pend.challenger.version), baseline, s.reference, s.prompts,
-                         s.sampling, g.seed, judge=s.judge, scorer=scorer)
+                         s.sampling, g.seed, judge=s.judge, scorer=scorer, score_max_length=s.score_max_length)
     m = comparison_metrics(c)
     m["scored_by_reward_model"] = scorer_v and str(scorer_v)
     m.update(_trained_on_accuracy(pend.challenger, reward, m["scored_by_reward_model"]))

@@ -123,6 +123,15 @@ def reward_model_of(policy_tags: dict[str, str], reward_path: str | None) -> str
 
 
 # ---------------------------------------------------------------------------------------------- model card
+REWARD_CARD = [  # rlhf/reward_format.py: what a reward folder is, for users of transformers alone
+    "## Load with transformers", "",
+    "The artifact `model` is a one-label `*ForSequenceClassification` folder with its tokenizer: "
+    "`AutoModelForSequenceClassification.from_pretrained(folder)` loads it. The normalised score is "
+    "`logits[:, 0] + config.rlhf_reward[\"bias\"]` (the gain is folded into `score.weight`; the head has no bias "
+    "term, so the bias is recorded in the config). Input: the prompt rendered with the chat template and the "
+    "generation prompt, the response, its end-of-turn token.", ""]
+
+
 def model_card(name: str, version: str, kind: str, tags: dict[str, str]) -> str:
     """A markdown model card: what it is, how to load it, metrics, lineage, how to reproduce, params."""
     commit = tags.get("lineage.git_commit") or "<commit>"
@@ -134,7 +143,8 @@ def model_card(name: str, version: str, kind: str, tags: dict[str, str]) -> str:
     use = ('generate --prompt "the acting in this film"' if kind == "policy" else "score --prompt P --response R")
     lines = [f"# {name} v{version}", "", f"{what}. Weights: safetensors (`save_pretrained`), loaded by code.", "",
              "## Use", "", "```", f"rlhf {use.split()[0]} --model models:/{name}/{version} {use.split(' ', 1)[1]}",
-             f'mlflow.pyfunc.load_model("models:/{name}/{version}")', "```", "", "## Metrics (final, stage run)", "",
+             f'mlflow.pyfunc.load_model("models:/{name}/{version}")', "```", "",
+             *(REWARD_CARD if kind == "reward" else []), "## Metrics (final, stage run)", "",
              "| metric | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in metrics.items()], "",
              "## Lineage", "", "| tag | value |", "|---|---|", *[f"| {k} | `{v}` |" for k, v in lineage.items()], "",
              "## Reproduce", "", "```", f"git checkout {commit} && dvc checkout   # code, params, dvc.lock, data",
@@ -333,8 +343,8 @@ class LocalModel:
     def __init__(self, path: Path, kind: str | None, config: dict):
         from types import SimpleNamespace
 
-        from rlhf.modeling import REWARD_HEAD_FILE
-        actual = "reward" if (path / REWARD_HEAD_FILE).exists() else "policy"
+        from rlhf.reward_format import is_reward_folder
+        actual = "reward" if is_reward_folder(path) else "policy"
         if kind and kind != actual:
             raise RegistryError(f"{path}: is a {actual} model folder, not a {kind} model")
         kind = actual

@@ -18,7 +18,7 @@ from .schema import Ranking
 class Pair:
     """One comparison: ``chosen`` ranked better than ``rejected`` by ``margin`` ranks."""
 
-    prompt: str
+    prompt: str | list[dict]            # text, or the messages of a conversational record
     chosen: str
     rejected: str
     margin: int
@@ -30,7 +30,7 @@ class Pair:
                 "margin": self.margin}
 
 
-def item_key(prompt: str, responses: Sequence[str]) -> str:
+def item_key(prompt: str | list[dict], responses: Sequence[str]) -> str:
     """Content id of an item: same prompt and same response set (any order) -> same 16-hex-digit key."""
     payload = json.dumps([prompt, sorted(responses)], ensure_ascii=False)
     return hashlib.sha1(payload.encode("utf-8", "surrogatepass")).hexdigest()[:16]

@@ -1,7 +1,9 @@
 """Reading one input file into canonical records: container, format detection, per-record dispatch.
 
 The container is found from the first character: '[' = one JSON array (read incrementally, see
-``jsonstream``), anything else = JSON Lines. The record format is ``format`` when given, else detected
+``jsonstream``), anything else = JSON Lines. A ``.csv``, ``.parquet``/``.pq`` or ``.arrow`` file, a folder written
+by ``save_to_disk`` or a ``DataSource`` (a hub dataset) is read through ``datasets`` (rlhf/sources.py), one record
+per row (``line`` = row number, from 1). ``columns`` renames fields (their -> ours) before detection. The record format is ``format`` when given, else detected
 from content: the first record that matches a known schema decides the format for the whole file
 (records seen before it are held, at most ``MAX_PENDING``, then parsed with that format so their rejects
 name the precise problem). Detection rules, in order, on an object's keys:
@@ -12,6 +14,7 @@ name the precise problem). Detection rules, in order, on an object's keys:
     "chosen" and "rejected", with "prompt"   -> pairwise          (TRL, standard or conversational)
     "chosen" and "rejected" both arrays      -> pairwise          (TRL, implicit prompt)
     "chosen" and "rejected" otherwise        -> hh                (Anthropic HH-RLHF)
+    "prompt" and "completions"               -> ultrafeedback     (completions with scores)
     "prompt" and ("candidates" or "answer1") -> labelstudio_min   (JSON-MIN export)
 
 When no record matches, every record is rejected "unrecognised record". Every yielded item is one
@@ -22,10 +25,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import read_hh, read_jsonmin, read_kwise, read_labelstudio, read_pairwise, read_ratings
+from rlhf.config import DataSource
+from rlhf.sources import TABULAR_SUFFIXES, Keys, SourceError, describe, iter_records, renamed
+
+from . import read_hh, read_jsonmin, read_kwise, read_labelstudio, read_pairwise, read_ratings, read_scored
 from .convert import fingerprint
 from .jsonstream import RawRecord, iter_json_array, iter_jsonl, sniff_container
-from .schema import IngestError, Ranking, ReaderConfig, RecordContext, RecordError, Reject, type_name
+from .schema import MAX_RECORD_TEXT, IngestError, Ranking, ReaderConfig, RecordContext, RecordError, Reject, type_name
 
 MAX_PENDING = 1000
 _SINGLE: dict[str, Callable[[Any, RecordContext], Ranking]] = {
@@ -34,10 +40,14 @@ _SINGLE: dict[str, Callable[[Any, RecordContext], Ranking]] = {
     "hh": read_hh.parse,
     "kwise": read_kwise.parse,
     "ratings": read_ratings.parse,
+    "ultrafeedback": read_scored.parse,
 }
 FORMATS = ("labelstudio", *_SINGLE)
 ALIASES = {"json_min": "labelstudio_min", "jsonmin": "labelstudio_min", "label_studio": "labelstudio",
-           "trl": "pairwise", "anthropic_hh": "hh", "ranking": "kwise", "rankings": "kwise"}
+           "trl": "pairwise", "anthropic_hh": "hh", "ranking": "kwise", "rankings": "kwise",
+           "scored": "ultrafeedback", "completions": "ultrafeedback"}
+INPUT_KEYS = Keys(path="preferences.inputs", name="preferences.dataset.name", split="preferences.dataset.split",
+                  columns="preferences.columns")
 
 
 def normalise_format(name: str) -> str:
@@ -63,6 +73,8 @@ def classify(value: Any) -> str | None:
         if "prompt" in keys or (isinstance(value["chosen"], list) and isinstance(value["rejected"], list)):
             return "pairwise"
         return "hh"
+    if "prompt" in keys and "completions" in keys:
+        return "ultrafeedback"
     if "prompt" in keys and ("candidates" in keys or "answer1" in keys):
         return "labelstudio_min"
     return None
@@ -71,13 +83,20 @@ def classify(value: Any) -> str | None:
 class FileReader:
     """Iterate one file's records as Ranking | Reject; ``format`` holds the detected format afterwards."""
 
-    def __init__(self, path: str | Path, cfg: ReaderConfig, format: str = "auto", seen: set | None = None) -> None:
+    def __init__(self, path: str | Path, cfg: ReaderConfig, format: str = "auto", seen: set | None = None,
+                 columns: dict[str, str] | None = None, source: DataSource | None = None,
+                 keys: Keys = INPUT_KEYS) -> None:
         """``seen``: fingerprints of judgements read so far (shared across files); repeats become
-        "duplicate" rejects. None = no duplicate check."""
+        "duplicate" rejects. None = no duplicate check. ``columns``: renames (their -> ours). ``source``: read
+        this DataSource (a hub dataset, a folder's split) instead of ``path``; ``keys``: the params keys that
+        errors name."""
         self.path = Path(path)
         self.seen = seen
-        self.source = str(path)
+        self.data_source = source
+        self.source = describe(source) if source is not None else str(path)
         self.cfg = cfg
+        self.columns = dict(columns or {})
+        self.keys = keys
         self.format: str | None = None if normalise_format(format) == "auto" else normalise_format(format)
         self._base_dir = self.path.parent
 
@@ -86,7 +105,7 @@ class FileReader:
         pending: list[RawRecord] = []
         for raw in raws:
             if raw.error is not None:
-                yield Reject(self.source, raw.line, raw.error, raw.text)
+                yield Reject(self.source, raw.line, raw.error, raw.text[:MAX_RECORD_TEXT])
                 continue
             if self.format is None:
                 self.format = classify(raw.value)
@@ -103,7 +122,21 @@ class FileReader:
         yield from self._unrecognised(pending)
 
     def _raw_records(self) -> Iterator[RawRecord]:
-        """Open the file (IngestError if it cannot be read at all) and stream raw records."""
+        """Stream raw records: JSON here, anything else through rlhf/sources.py (IngestError if unreadable)."""
+        if self.data_source is not None or self.path.is_dir() or self.path.suffix.lower() in TABULAR_SUFFIXES:
+            source = self.data_source or DataSource(path=str(self.path))
+            try:
+                yield from iter_records(source, self.keys, self.columns)
+            except SourceError as exc:
+                raise IngestError(str(exc)) from None
+            return
+        try:
+            yield from renamed(self._json_records(), self.columns, self.keys.columns, self.source)
+        except SourceError as exc:
+            raise IngestError(str(exc)) from None
+
+    def _json_records(self) -> Iterator[RawRecord]:
+        """Open the JSON file (IngestError if it cannot be read at all) and stream raw records."""
         try:
             container = sniff_container(self.path)
         except ValueError as exc:
@@ -145,4 +178,5 @@ class FileReader:
                 detail = f"object with keys {[k[:40] for k in sorted(raw.value)[:8]]}"
             else:
                 detail = f"a JSON {type_name(raw.value)}"
-            yield Reject(self.source, raw.line, f"unrecognised record: {detail} matches no known format", raw.text)
+            yield Reject(self.source, raw.line, f"unrecognised record: {detail} matches no known format",
+                         raw.text[:MAX_RECORD_TEXT])

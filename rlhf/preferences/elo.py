@@ -35,7 +35,7 @@ class EloScore:
     """The ``elo.jsonl`` line: {"group", "prompt", "response", "elo", "score"}."""
 
     group: str
-    prompt: str
+    prompt: str | list[dict]
     response: str
     elo: float
     score: float

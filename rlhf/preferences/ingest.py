@@ -12,8 +12,12 @@ file atomically (temp file in ``out_dir`` + ``os.replace``):
 ``rejects.jsonl``   {"source", "line", "reason", "record"} (record = raw text, at most 2000 chars)
 ``summary.json``    ``IngestSummary.to_dict()``
 
-A record is one annotation: a JSONL line, a JSON-MIN element, or one annotation of a full Label Studio
-task (a task without annotations is one record). ``read == accepted + rejected`` always holds.
+A record is one annotation: a JSONL line, a JSON-MIN element, a row of a CSV, Parquet or Arrow input or of a
+hub dataset (``line`` = its row number, from 1), or one annotation of a full Label Studio task (a task without
+annotations is one record). ``read == accepted + rejected`` always holds.
+
+``prompt`` in rankings, pairs and Elo rows is text, or a list of ``{"role", "content"}`` messages for a
+conversational record (``conversation``); responses are always text.
 """
 from __future__ import annotations
 
@@ -26,17 +30,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, Sequence
 
-from rlhf.config import PreferencesConfig
+from rlhf.config import DataSource, PreferencesConfig
 from rlhf.jsonl import json_line
+from rlhf.sources import Keys, SourceError, check_source
 
 from .convert import group_by_item, ranking_to_pairs
 from .detect import FileReader, normalise_format
 from .elo import elo_from_groups
+from .inputs import INPUT_SUFFIXES, expand_paths, is_saved_dataset  # noqa: F401  (re-exported)
 from .merge import Agreement, merge_item, agreement as measure_agreement
 from .schema import IngestError, Ranking, ReaderConfig, Reject, RejectLimitExceeded
 
 PROGRESS_EVERY = 1000
-INPUT_SUFFIXES = (".json", ".jsonl")
 FILE_MODE = 0o644  # mkstemp creates 0600; outputs are ordinary data files
 
 
@@ -120,23 +125,6 @@ def write_json(path: Path, obj: dict) -> None:
             os.unlink(tmp)
 
 
-def expand_paths(paths: Sequence[str | Path], exclude: Path | None = None) -> list[Path]:
-    """Files as given; a folder stands for its ``*.json``/``*.jsonl`` files (recursively, sorted), leaving
-    out hidden files and anything under ``exclude`` (the output folder)."""
-    out: list[Path] = []
-    skip = exclude.resolve() if exclude is not None else None
-    for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in INPUT_SUFFIXES
-                              and not f.name.startswith(".")
-                              and not (skip and f.resolve().is_relative_to(skip))))
-        else:
-            out.append(p)
-    if not out:
-        raise IngestError(f"{', '.join(map(str, paths)) or '<no paths>'}: no input files")
-    return out
-
-
 @dataclass
 class _Tally:
     read: int = 0
@@ -146,12 +134,17 @@ class _Tally:
     per_file: list[dict] = field(default_factory=list)
 
 
-def _read_all(files: list[Path], cfg: ReaderConfig, format: str, rejects: _AtomicJsonl,
-              on_progress: Callable[[int], None] | None) -> _Tally:
-    """Read every file: accepted rankings in memory, rejects streamed to ``rejects``."""
+def _read_all(inputs: list[Path | DataSource], cfg: ReaderConfig, format: str, columns: dict[str, str],
+              rejects: _AtomicJsonl, on_progress: Callable[[int], None] | None) -> _Tally:
+    """Read every input (a path, or the dataset: a DataSource with its own columns): accepted rankings in memory,
+    rejects streamed to ``rejects``."""
     tally = _Tally()
-    for path in files:
-        reader = FileReader(path, cfg, format, seen=tally.seen)
+    for inp in inputs:
+        if isinstance(inp, DataSource):
+            reader = FileReader(inp.path or ".", cfg, format, seen=tally.seen, columns=inp.columns, source=inp,
+                                keys=DATASET_KEYS)
+        else:
+            reader = FileReader(inp, cfg, format, seen=tally.seen, columns=columns)
         counts = Counter()
         for item in reader:
             tally.read += 1
@@ -166,12 +159,13 @@ def _read_all(files: list[Path], cfg: ReaderConfig, format: str, rejects: _Atomi
             if on_progress is not None and tally.read % PROGRESS_EVERY == 0:
                 on_progress(tally.read)
         if counts["read"] == 0:
-            raise IngestError(f"{path}: no records")
-        tally.per_file.append({"path": str(path), "format": reader.format, "read": counts["read"],
+            raise IngestError(f"{reader.source}: no records")
+        tally.per_file.append({"path": reader.source, "format": reader.format, "read": counts["read"],
                                "accepted": counts["accepted"], "rejected": counts["rejected"]})
     return tally
 
 
+DATASET_KEYS = Keys.of("preferences.dataset")
 # The one source of the ingest's defaults: the preferences stage's config (params.yaml's `preferences:` section).
 DEFAULTS = PreferencesConfig()
 
@@ -188,9 +182,15 @@ def ingest(
     initial_rating: float = DEFAULTS.initial_rating,
     elo_rounds: int = DEFAULTS.elo_rounds,
     ranker_key: str | None = DEFAULTS.ranker_key,
+    columns: dict[str, str] | None = None,
+    dataset: DataSource | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> IngestSummary:
     """Ingest preference annotations from ``paths`` into ``out_dir`` (files and schemas: module docstring).
+
+    ``columns`` renames fields of every file of ``paths`` (their -> ours, e.g. ``{"instruction": "prompt"}``);
+    ``dataset`` is one more input (a hub dataset, or a split of a saved DatasetDict folder) read after them, renamed
+    by its own ``columns``; ``paths`` may be empty when it is set.
 
     Raises IngestError for a file that cannot be read at all (message ``<file>: <reason>``), and
     RejectLimitExceeded when rejected / read > ``max_reject_share``, after all outputs are written.
@@ -202,15 +202,22 @@ def ingest(
         raise ValueError(f"max_reject_share must be within [0, 1], got {max_reject_share}")
     cfg = ReaderConfig(max_field_chars=max_field_chars, rating_scale=tuple(rating_scale), ranker_key=ranker_key)
     out = Path(out_dir)
-    files = expand_paths(paths, exclude=out)
+    has_dataset = dataset is not None and dataset.is_set
+    inputs: list[Path | DataSource] = expand_paths(paths, exclude=out) if paths or not has_dataset else []
+    if has_dataset:
+        try:                                         # an offline hub or a wrong folder fails before any reading
+            check_source(dataset, DATASET_KEYS)
+        except SourceError as e:
+            raise IngestError(str(e)) from None
+        inputs.append(dataset)
     out.mkdir(parents=True, exist_ok=True)
     rejects = _AtomicJsonl(out / "rejects.jsonl")
     try:
-        tally = _read_all(files, cfg, fmt, rejects, on_progress)
+        tally = _read_all(inputs, cfg, fmt, dict(columns or {}), rejects, on_progress)
         rejects.commit()
     finally:
         rejects.discard()
-    summary = _write_outputs(tally, out, rejects.count, len(files), k_factor, initial_rating, elo_rounds)
+    summary = _write_outputs(tally, out, rejects.count, len(inputs), k_factor, initial_rating, elo_rounds)
     if on_progress is not None and tally.read % PROGRESS_EVERY:
         on_progress(tally.read)
     if summary.reject_share > max_reject_share:

@@ -8,18 +8,20 @@ Schema (one JSON object per line; optional ``id``, ``annotator``; other fields g
         tie groups, best first (0 and 3 tie);
     {"prompt": "...", "responses": [...], "ranks": [1, 2, 0, 1]}
         a non-negative rank per response, lower = better, equal = tie (made dense).
+
+The prompt may be messages (``[{"role", "content"}, ...]``): it is kept as messages (``conversation``).
 """
 from __future__ import annotations
 
 from typing import Any
 
+from .conversation import prompt_value
 from .schema import (
     Ranking,
     RecordContext,
     RecordError,
     annotator_of,
     build_ranking,
-    check_text,
     check_text_list,
     dense_ranks,
     expect,
@@ -37,7 +39,7 @@ _USED = ("prompt", "responses", "ranking", "ranks", "id", "annotator")
 def parse(obj: Any, ctx: RecordContext) -> Ranking:
     """One K-wise record -> Ranking (raises RecordError)."""
     expect(obj, "object", "record")
-    prompt = check_text(get_field(obj, "prompt"), "prompt", ctx.cfg)
+    prompt = prompt_value(get_field(obj, "prompt"), "prompt", ctx)
     responses = check_text_list(get_field(obj, "responses"), "responses", ctx.cfg)
     if "ranking" in obj:
         ranks = ranking_to_ranks(obj["ranking"], len(responses))

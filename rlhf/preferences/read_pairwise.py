@@ -9,15 +9,18 @@ Accepted schemas (one JSON object per line; optional ``id``, ``annotator``; othe
     implicit prompt: {"chosen": [<full conversation>], "rejected": [<full conversation>]}
                      the longest common prefix of messages is the prompt, the rest are the responses.
 
-Conversational prompts become text in the Anthropic HH layout (``"\\n\\nHuman: ...\\n\\nAssistant:"``, roles
-user -> Human, assistant -> Assistant, others capitalised) so that every format yields text; the
-messages themselves are kept in ``meta["prompt_messages"]``. A response of one message is its content; a
-response of several messages is rendered the same way. The result is a Ranking of 2 (chosen rank 0).
+A conversational record keeps its prompt as messages (normalised to ``{"role", "content"}``, roles system, user,
+assistant or tool; see ``conversation``) and each response is the content of its one final assistant turn (a
+response of several messages, or of another role, is rejected "response is not one assistant turn"); a
+conversational prompt may also take plain-text responses. A standard record is text throughout: a text prompt
+with message responses takes one message's content, several messages rendered as an HH-style transcript
+(``render_messages``), as before. The result is a Ranking of 2 (chosen rank 0).
 """
 from __future__ import annotations
 
 from typing import Any
 
+from .conversation import assistant_text, check_messages, conversation, conversational_response
 from .schema import (
     Ranking,
     RecordContext,
@@ -39,37 +42,22 @@ def parse(obj: Any, ctx: RecordContext) -> Ranking:
     """One prompt/chosen/rejected record -> Ranking of 2 (raises RecordError)."""
     expect(obj, "object", "record")
     chosen, rejected = get_field(obj, "chosen"), get_field(obj, "rejected")
-    meta = extra_fields(obj, _USED)
     if "prompt" not in obj:
         if not (isinstance(chosen, list) and isinstance(rejected, list)):
             raise RecordError("missing field 'prompt'")
-        prompt_msgs, chosen, rejected = split_common_prefix(chosen, rejected, ctx)
-        prompt = render_messages(prompt_msgs)
-        meta["prompt_messages"] = prompt_msgs
+        prompt, chosen, rejected = split_common_prefix(chosen, rejected, ctx)
+        responses = [assistant_text(chosen, "chosen"), assistant_text(rejected, "rejected")]
     elif isinstance(obj["prompt"], list):
-        prompt_msgs = check_messages(obj["prompt"], "prompt", ctx)
-        prompt = render_messages(prompt_msgs)
-        meta["prompt_messages"] = prompt_msgs
+        prompt = conversation(obj["prompt"], "prompt", ctx)
+        responses = [conversational_response(chosen, "chosen", ctx), conversational_response(rejected, "rejected", ctx)]
     else:
         prompt = check_text(expect(obj["prompt"], "string or array", "prompt"), "prompt", ctx.cfg)
-    responses = [response_text(chosen, "chosen", ctx), response_text(rejected, "rejected", ctx)]
-    check_text(prompt, "prompt", ctx.cfg)
+        responses = [response_text(chosen, "chosen", ctx), response_text(rejected, "rejected", ctx)]
     return build_ranking(
         prompt, responses, (0, 1), ctx,
-        annotator=annotator_of(obj.get("annotator"), "annotator"), item_id=item_id_of(obj, ctx), meta=meta,
+        annotator=annotator_of(obj.get("annotator"), "annotator"), item_id=item_id_of(obj, ctx),
+        meta=extra_fields(obj, _USED),
     )
-
-
-def check_messages(value: Any, where: str, ctx: RecordContext) -> list[dict]:
-    """A non-empty list of ``{"role": str, "content": str}`` with non-empty contents."""
-    expect(value, "array", where)
-    if not value:
-        raise RecordError(f"empty text in '{where}'")
-    for i, msg in enumerate(value):
-        expect(msg, "object", f"{where}[{i}]")
-        expect(get_field(msg, "role", f"{where}[{i}]."), "string", f"{where}[{i}].role")
-        check_text(get_field(msg, "content", f"{where}[{i}]."), f"{where}[{i}].content", ctx.cfg)
-    return value
 
 
 def response_text(value: Any, where: str, ctx: RecordContext) -> str:
@@ -82,9 +70,9 @@ def response_text(value: Any, where: str, ctx: RecordContext) -> str:
 
 
 def split_common_prefix(chosen: list, rejected: list, ctx: RecordContext) -> tuple[list, list, list]:
-    """(shared prefix, chosen rest, rejected rest) of two full conversations."""
-    chosen = check_messages(chosen, "chosen", ctx)
-    rejected = check_messages(rejected, "rejected", ctx)
+    """(shared prefix, chosen rest, rejected rest) of two full conversations, as normalised messages."""
+    chosen = conversation(chosen, "chosen", ctx)
+    rejected = conversation(rejected, "rejected", ctx)
     n = 0
     while n < min(len(chosen), len(rejected)) and _same(chosen[n], rejected[n]):
         n += 1

@@ -4,6 +4,8 @@ Schema (one JSON object per line; optional ``id``, ``annotator``; other fields g
 
     {"prompt": "...", "responses": ["r0", "r1", "r2"], "ratings": [5, 2, 7]}
 
+The prompt may be messages (``[{"role", "content"}, ...]``): it is kept as messages (``conversation``).
+
 Ratings are numbers within ``ReaderConfig.rating_scale`` (inclusive, default 1-7). The ranking: higher
 rating = better rank, equal ratings tie; the raw ratings are kept in ``meta["ratings"]``.
 """
@@ -12,13 +14,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .conversation import prompt_value
 from .schema import (
     Ranking,
     RecordContext,
     RecordError,
     annotator_of,
     build_ranking,
-    check_text,
     check_text_list,
     dense_ranks,
     expect,
@@ -33,7 +35,7 @@ _USED = ("prompt", "responses", "ratings", "id", "annotator")
 def parse(obj: Any, ctx: RecordContext) -> Ranking:
     """One ratings record -> Ranking (raises RecordError)."""
     expect(obj, "object", "record")
-    prompt = check_text(get_field(obj, "prompt"), "prompt", ctx.cfg)
+    prompt = prompt_value(get_field(obj, "prompt"), "prompt", ctx)
     responses = check_text_list(get_field(obj, "responses"), "responses", ctx.cfg)
     ratings = check_ratings(get_field(obj, "ratings"), len(responses), ctx.cfg.rating_scale)
     meta = extra_fields(obj, _USED)

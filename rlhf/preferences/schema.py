@@ -3,7 +3,8 @@
 Canonical record (every reader yields these, or a ``Reject``):
 
 ``Ranking(prompt, responses, ranks, annotator, item_id, source, line, meta)``
-    One annotator's judgement of K >= 2 responses to one prompt. ``ranks[i]`` is the rank of
+    One annotator's judgement of K >= 2 responses to one prompt (text, or a list of ``{"role", "content"}``
+    messages for a conversational record: ``conversation``). ``ranks[i]`` is the rank of
     ``responses[i]``: 0 = best, equal ranks = tie, always dense (0, 1, 2, ... with no gaps).
     A pairwise comparison is a Ranking of 2; a rating item is a Ranking derived from the ratings
     (higher rating = better rank) with the raw ratings in ``meta["ratings"]``.
@@ -47,7 +48,7 @@ class RecordError(Exception):
 class Ranking:
     """One annotation: ``ranks[i]`` is the dense rank of ``responses[i]`` (0 = best, equal = tie)."""
 
-    prompt: str
+    prompt: str | list[dict]
     responses: tuple[str, ...]
     ranks: tuple[int, ...]
     annotator: str | None
@@ -251,7 +252,7 @@ def unique_ids(ids: Sequence[Any], where: str) -> list[str]:
 
 
 def build_ranking(
-    prompt: str,
+    prompt: str | list[dict],
     responses: Sequence[str],
     ranks: Sequence[int],
     ctx: RecordContext,

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhf import accel
+from rlhf.chat import prompt_text
 from rlhf.config import CollectConfig
 from rlhf.data import load_jsonl, write_json
 from rlhf.generation import sample_responses
+from rlhf.limits import check_sampling
 from rlhf.modeling import load_causal_lm, load_tokenizer
 from rlhf.stages.common import StageResult, seed_everything
 
@@ -18,11 +20,15 @@ LABEL_CONFIG = """<View>
 </View>"""
 
 
-def make_task(prompt: str, responses: list[str], ended: list[bool]) -> dict:
-    """One Label Studio import task: candidates r0..rK-1 (``ended``: the response ended with EOS)."""
-    return {"data": {"prompt": prompt, "candidates": [
+def make_task(prompt, responses: list[str], ended: list[bool]) -> dict:
+    """One Label Studio import task: candidates r0..rK-1 (``ended``: the response ended with its end id). A chat
+    prompt (messages) is shown to annotators as its last user turn and kept whole under ``messages``."""
+    data = {"prompt": prompt_text(prompt), "candidates": [
         {"id": f"r{i}", "title": f"Response {i + 1}", "body": body, "ended": bool(e)}
-        for i, (body, e) in enumerate(zip(responses, ended))]}}
+        for i, (body, e) in enumerate(zip(responses, ended))]}
+    if not isinstance(prompt, str):
+        data["messages"] = list(prompt)
+    return {"data": data}
 
 
 def run(cfg: CollectConfig, on_log=None) -> StageResult:
@@ -30,6 +36,7 @@ def run(cfg: CollectConfig, on_log=None) -> StageResult:
     prompts = [r["prompt"] for r in load_jsonl(cfg.prompts)]
     if cfg.max_prompts:
         prompts = prompts[:cfg.max_prompts]
+    check_sampling(cfg.model_path, cfg.sampling, "collect")
     tok = load_tokenizer(cfg.model_path)
     device = accel.resolve_device(cfg.compute.device, key="collect.compute.device")
     model = accel.prepare(load_causal_lm(cfg.model_path, tok), device, cfg.compute, trainable=False)

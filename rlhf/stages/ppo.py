@@ -7,19 +7,24 @@ as an uninterrupted run; runs data-parallel under torchrun / accelerate launch (
 the policy itself with its adapter disabled, and the adapter is merged into the saved model."""
 from __future__ import annotations
 
+import sys
+
 from rlhf import accel, distributed
 from rlhf.checkpoint import CheckpointManager, atomic_output_dir, fingerprint, inputs_signature, resume
 from rlhf.config import PPOConfig
 from rlhf.data import load_jsonl
-from rlhf.modeling import PolicyWithValueHead, RewardModel, load_causal_lm, load_tokenizer
+from rlhf.modeling import CriticModel, PolicyWithValueHead, load_causal_lm, load_tokenizer
 from rlhf.ppo import PPOModels, PPOTrainer
+from rlhf.reward_scoring import load_scorer
+from rlhf.limits import check_sampling
 from rlhf.stages.common import Recorder, StageResult, save_tokenizer_and_model, seed_everything
 
 
 def build_models(cfg: PPOConfig, tok, device=None) -> PPOModels:
-    """Policy (+ value head), frozen reference, frozen reward model and the optional critic, on ``device`` with the
-    ``ppo.compute`` switches. LoRA (``ppo.lora.r`` > 0): adapters on the policy (and on the critic's trunk); the
-    reference is the same weights with the adapter disabled, so no second copy of the model is held."""
+    """Policy (+ value head), frozen reference, frozen reward model (a RewardScorer: rlhf/reward_scoring.py) and the
+    optional critic, on ``device`` with the ``ppo.compute`` switches. LoRA (``ppo.lora.r`` > 0): adapters on the
+    policy (and on the critic's trunk); the reference is the same weights with the adapter disabled, so no second
+    copy of the model is held."""
     import torch
 
     device = device or torch.device("cpu")
@@ -30,18 +35,32 @@ def build_models(cfg: PPOConfig, tok, device=None) -> PPOModels:
     else:
         ref = accel.prepare(load_causal_lm(cfg.policy_path, tok).eval(), device, cfg.compute, trainable=False)
     policy = accel.prepare(PolicyWithValueHead(lm), device, cfg.compute, hf=lm)
-    reward = RewardModel.from_pretrained(cfg.reward_path).eval()
-    accel.prepare(reward, device, cfg.compute, trainable=False, hf=reward.trunk)
+    reward = load_scorer(cfg.reward_path, tok, device, cfg.compute)
+    if not reward.fast:
+        note(f"ppo: {cfg.reward_path} has a tokenizer of its own: responses are decoded and re-encoded with its chat "
+             f"template for scoring")
     value_model = None
     if cfg.value_model == "separate":
-        # A critic initialised from the reward model (TRL's PPO default): its trunk, a fresh per-token value head.
-        from rlhf.modeling import CriticModel
-        value_model = CriticModel.from_reward_model(cfg.reward_path)
+        value_model = build_critic(cfg, tok, reward.fast)
         value_model.train_top_layers(cfg.critic_train_layers)
         if cfg.lora.r:
             value_model.trunk = accel.apply_lora(value_model.trunk, cfg.lora, causal_lm=False)
         accel.prepare(value_model, device, cfg.compute, hf=value_model.trunk)
     return PPOModels(policy, ref, reward, value_model)
+
+
+def build_critic(cfg: PPOConfig, tok, shares_tokenizer: bool) -> CriticModel:
+    """The separate critic: from the reward model (TRL's PPO default: its trunk, its head at every position) when
+    it reads the policy's token ids; otherwise from the policy's own trunk with a fresh head (logged)."""
+    if shares_tokenizer:
+        return CriticModel.from_reward_model(cfg.reward_path)
+    note(f"ppo: the critic starts from the policy's trunk ({cfg.policy_path}) with a fresh value head, not from the "
+         f"reward model (its tokenizer differs from the policy's)")
+    return CriticModel.from_causal_lm_path(cfg.policy_path, tok)
+
+
+def note(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def trainable(models: PPOModels) -> dict:
@@ -54,6 +73,7 @@ def trainable(models: PPOModels) -> dict:
 
 def run(cfg: PPOConfig, on_log=None) -> StageResult:
     seed_everything(cfg.seed)
+    check_sampling(cfg.policy_path, cfg.sampling, "ppo")                             # before any weights load
     dist = distributed.init()
     device = accel.resolve_device(cfg.compute.device, dist.local_rank, "ppo.compute.device")
     tok = load_tokenizer(cfg.policy_path)

@@ -22,7 +22,7 @@ def run(cfg: PreferencesConfig, on_log=None) -> StageResult:
     summary = ingest(list(cfg.inputs), out, format=cfg.format, max_reject_share=cfg.max_reject_share,
                      max_field_chars=cfg.max_field_chars, rating_scale=tuple(cfg.rating_scale),
                      k_factor=cfg.k_factor, initial_rating=cfg.initial_rating, elo_rounds=cfg.elo_rounds,
-                     ranker_key=cfg.ranker_key,
+                     ranker_key=cfg.ranker_key, columns=cfg.columns, dataset=cfg.dataset,
                      on_progress=(lambda n: on_log(n, {"progress/records": n})) if on_log else None)
     rows = load_jsonl(out / "rankings.jsonl")
     val = [r for r in rows if is_heldout(str(r["item_id"]), cfg.val_fraction)]

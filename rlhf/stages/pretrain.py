@@ -13,6 +13,7 @@ from rlhf import accel, distributed
 from rlhf.checkpoint import CheckpointManager, atomic_output_dir, fingerprint, inputs_signature, resume, step_saver
 from rlhf.config import PretrainConfig
 from rlhf.data import load_jsonl
+from rlhf.hub import resolve_model_path
 from rlhf.modeling import build_gpt2, load_causal_lm, load_tokenizer, train_tokenizer
 from rlhf.stages.common import Recorder, StageResult, n_params, save_tokenizer_and_model, seed_everything
 from rlhf.train_lm import pack_corpus, train_causal_lm
@@ -22,10 +23,9 @@ def run(cfg: PretrainConfig, on_log=None) -> StageResult:
     seed_everything(cfg.seed)
     out = Path(cfg.out_dir)
     if cfg.model_path:
-        if not Path(cfg.model_path).is_dir():
-            raise FileNotFoundError(f"pretrain.model_path: {cfg.model_path} is not a local model folder")
-        tok = load_tokenizer(cfg.model_path)
-        model = load_causal_lm(cfg.model_path, tok)
+        path = resolve_model_path(cfg.model_path, "pretrain.model_path")     # a local folder, or a hub id
+        tok = load_tokenizer(path)
+        model = load_causal_lm(path, tok)
         with atomic_output_dir(out) as tmp:
             save_tokenizer_and_model(model, tok, tmp)
         # plots stays declared (dvc.yaml lists plots/pretrain/loss.json): an empty curve, not a missing file.

@@ -1,11 +1,16 @@
 """reward: train the reward model on the ranked items, report train and held-out pairwise accuracy, then normalise
-its output on reference-policy samples (seed, step 2).
+its output on reference-policy samples (seed, step 2). The model is written as a one-label
+``*ForSequenceClassification`` folder that transformers loads as it is (rlhf/reward_format.py: the gain folded into
+``score.weight``, the additive bias in ``config.rlhf_reward``).
 
 Checkpoints every ``reward.train.checkpoint_every`` steps into ``<out_dir>.ckpt/`` and resumes from the newest one;
 trains data-parallel under torchrun / accelerate launch (rank 0 evaluates, normalises and writes the model);
 ``reward.compute`` / ``reward.lora``: device, bf16, gradient checkpointing and LoRA on the trunk (rlhf/accel.py)."""
 from __future__ import annotations
 
+from rlhf.chat import prompt_key
+
+import shutil
 from pathlib import Path
 
 from rlhf import accel, distributed
@@ -15,11 +20,12 @@ from rlhf.data import load_jsonl
 from rlhf.generation import sample_responses
 from rlhf.modeling import RewardModel, load_causal_lm, load_tokenizer
 from rlhf.train_reward import encode_groups, pairwise_accuracy, score_texts, set_normalization, train_reward_model
+from rlhf.limits import check_fits, check_sampling
 from rlhf.stages.common import Recorder, StageResult, save_tokenizer_and_model, seed_everything
 
 
 def load_elo(path: Path) -> dict:
-    return {(r["prompt"], r["response"]): float(r["score"]) for r in load_jsonl(path)} if path.exists() else {}
+    return {(prompt_key(r["prompt"]), r["response"]): float(r["score"]) for r in load_jsonl(path)} if path.exists() else {}
 
 
 def normalize(model, tok, cfg: RewardConfig) -> dict:
@@ -34,8 +40,18 @@ def normalize(model, tok, cfg: RewardConfig) -> dict:
     return set_normalization(model, raw)
 
 
+def copy_generation_config(model_path, out_dir: Path) -> None:
+    """The policy's generation_config.json beside the reward model: its end ids (rlhf/chat.py ``end_ids``) make the
+    reward model's own tokenizer end a response exactly as the policy's does when scoring text."""
+    src = Path(model_path) / "generation_config.json"
+    if src.is_file():
+        shutil.copyfile(src, Path(out_dir) / src.name)
+
+
 def run(cfg: RewardConfig, on_log=None) -> StageResult:
     seed_everything(cfg.seed)
+    check_fits(cfg.model_path, cfg.train.max_length, "reward.train.max_length")     # before any weights load
+    check_sampling(cfg.model_path, cfg.sampling, "reward")
     dist = distributed.init()
     device = accel.resolve_device(cfg.compute.device, dist.local_rank, "reward.compute.device")
     data = Path(cfg.data_dir)
@@ -65,7 +81,8 @@ def run(cfg: RewardConfig, on_log=None) -> StageResult:
             metrics.update(normalize(model, tok, cfg))
         with atomic_output_dir(cfg.out_dir) as tmp:
             model.trunk = accel.merge_lora(model.trunk, tmp / accel.ADAPTER_DIR)
-            save_tokenizer_and_model(model, tok, tmp)
+            save_tokenizer_and_model(model, tok, tmp)        # a *ForSequenceClassification folder (reward_format)
+            copy_generation_config(cfg.model_path, tmp)
     ckpt.clear()
     distributed.barrier(dist)
     return StageResult(metrics, plots={"loss": rec.rows}, outputs={"model": cfg.out_dir})

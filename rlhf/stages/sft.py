@@ -9,7 +9,10 @@ from pathlib import Path
 
 from rlhf import accel, distributed
 from rlhf.checkpoint import CheckpointManager, atomic_output_dir, fingerprint, inputs_signature, resume, step_saver
+from rlhf.chat import has_template, read_template, stop_ids
 from rlhf.config import SFTConfig
+from rlhf.hub import resolve_model_path
+from rlhf.limits import check_fits
 from rlhf.data import load_jsonl
 from rlhf.modeling import load_causal_lm, load_tokenizer
 from rlhf.stages.common import Recorder, StageResult, save_tokenizer_and_model, seed_everything
@@ -20,8 +23,12 @@ def run(cfg: SFTConfig, on_log=None) -> StageResult:
     seed_everything(cfg.seed)
     dist = distributed.init()
     device = accel.resolve_device(cfg.compute.device, dist.local_rank, "sft.compute.device")
-    tok = load_tokenizer(cfg.model_path)
-    model = load_causal_lm(cfg.model_path, tok)
+    model_path = resolve_model_path(cfg.model_path, "sft.model_path")       # a local folder, or a hub id
+    check_fits(model_path, cfg.train.max_length, "sft.train.max_length")
+    tok = load_tokenizer(model_path)
+    if cfg.chat_template:                      # saved with the model: every later stage renders with it
+        tok.chat_template = read_template(cfg.chat_template)
+    model = load_causal_lm(model_path, tok)
     if cfg.lora.r:
         model = accel.apply_lora(model, cfg.lora, causal_lm=True)
     accel.prepare(model, device, cfg.compute)
@@ -33,13 +40,15 @@ def run(cfg: SFTConfig, on_log=None) -> StageResult:
         train = pack_sft(train, cfg.train.max_length)
     rec = Recorder(on_log if dist.is_main else None)
     ckpt = CheckpointManager(cfg.out_dir, cfg.train.checkpoint_every, is_main=dist.is_main, fingerprint=fingerprint(
-        cfg, dist.world_size, inputs_signature(cfg.model_path, data / "sft_train.jsonl", data / "sft_val.jsonl")))
+        cfg, dist.world_size, inputs_signature(model_path, data / "sft_train.jsonl", data / "sft_val.jsonl")))
     models = {"model": model}
     state = resume(ckpt, models, rec)
     metrics = train_causal_lm(model, train, cfg.train, tok.pad_token_id, cfg.seed, val_examples=val, on_log=rec,
                               state=state, on_step_end=step_saver(ckpt, models, rec), dist=dist)
     distributed.assert_in_sync(model, dist)
     if dist.is_main:
+        if has_template(tok):                  # sampling stops on the template's end of turn wherever it is loaded
+            accel.hf_model(model).generation_config.eos_token_id = stop_ids(tok)
         with atomic_output_dir(cfg.out_dir) as tmp:
             save_tokenizer_and_model(accel.merge_lora(model, tmp / accel.ADAPTER_DIR), tok, tmp)
     ckpt.clear()

@@ -71,8 +71,15 @@ def test_reward_stage_with_lora_bf16_and_checkpointing(project):
     res = reward.run(cfg)
     assert res.metrics["train_accuracy"] >= 0.9                  # adapters + head learn the preference
     assert_plain_model_with_adapter(project / "reward")
-    rm = RewardModel.from_pretrained(project / "reward")
-    assert abs(float(rm.gain) - res.metrics["norm/gain"]) < 1e-6
+    # a plain transformers reward model: logits + the recorded bias = our loader's normalised score
+    from transformers import AutoModelForSequenceClassification
+    meta = json.loads((project / "reward" / "config.json").read_text())["rlhf_reward"]
+    assert meta["normalized"] and abs(1 / meta["raw_std"] - res.metrics["norm/gain"]) < 1e-6
+    rm, hf = RewardModel.from_pretrained(project / "reward"), AutoModelForSequenceClassification.from_pretrained(
+        project / "reward").eval()
+    ids = torch.tensor([rm.tokenizer("the film was great and warm.")["input_ids"] + [rm.tokenizer.eos_token_id]])
+    with torch.no_grad():
+        assert torch.allclose(hf(input_ids=ids).logits[:, 0] + meta["bias"], rm(ids, torch.ones_like(ids)), atol=1e-5)
 
 
 @pytest.mark.parametrize("value_model", ["shared", "separate"])

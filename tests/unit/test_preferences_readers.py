@@ -119,21 +119,20 @@ def test_trl_standard():
     assert ok[1].meta == {"score_chosen": 8.0, "score_rejected": 2.0}
 
 
-def test_trl_conversational_prompt_is_rendered_and_kept():
+def test_trl_conversational_prompt_stays_messages():
     ok, rejects, fmt = read(FIXTURES / "trl_conversational.jsonl")
     assert fmt == "pairwise" and not rejects
-    assert ok[0].prompt == ("\n\nSystem: You are a concise assistant.\n\nHuman: What colour is the sky?"
-                            "\n\nAssistant:")
+    assert ok[0].prompt == [{"role": "system", "content": "You are a concise assistant."},
+                            {"role": "user", "content": "What colour is the sky?"}]
     assert ok[0].responses == ("Usually blue during the day.", "It is green.")
-    assert ok[0].meta["prompt_messages"][1] == {"role": "user", "content": "What colour is the sky?"}
 
 
 def test_trl_implicit_prompt_splits_the_common_prefix():
     ok, rejects, _ = read(FIXTURES / "trl_implicit.jsonl")
     assert not rejects
-    assert ok[0].prompt == "\n\nHuman: What colour is the sky?\n\nAssistant:"
+    assert ok[0].prompt == [{"role": "user", "content": "What colour is the sky?"}]
     assert ok[0].responses == ("It is blue.", "It is green.")
-    assert ok[1].prompt.endswith("\n\nHuman: Tell me a fact.\n\nAssistant:")
+    assert len(ok[1].prompt) == 3 and ok[1].prompt[-1] == {"role": "user", "content": "Tell me a fact."}
     assert ok[1].responses == ("Octopuses have three hearts.", "Facts are boring.")
 
 
