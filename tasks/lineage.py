@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,6 +60,18 @@ def data_dvc_md5(root: str | Path = ".") -> str:
     return str(outs[0].get("md5", ""))
 
 
+def dep_name(path: str | Path, root: str | Path = ".") -> str:
+    """A dependency as a tag-safe name: relative to the git work tree (a stage of a nested project such as
+    examples/chat lists ../../rlhf/...; MLflow refuses keys with '..')."""
+    p = Path(path).resolve()
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=str(root), capture_output=True, text=True)
+    base = Path(top.stdout.strip()) if top.returncode == 0 and top.stdout.strip() else Path(root).resolve()
+    try:
+        return p.relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return p.name
+
+
 def dvc_hashes(stage: str, model_dir: str | Path, root: str | Path = ".") -> dict[str, str]:
     """DVC's own hashes of the stage's file dependencies and of the model folder, as dvc.lock will record them.
     Falls back to plain md5 of the model folder when there is no dvc.yaml stage of that name."""
@@ -70,7 +83,7 @@ def dvc_hashes(stage: str, model_dir: str | Path, root: str | Path = ".") -> dic
             from dvc.repo import Repo
             with Repo(str(root)) as repo:
                 (st,) = repo.stage.collect(stage)
-                tags = {f"lineage.dep.{d.def_path}": str(d.get_hash().value) for d in st.deps
+                tags = {f"lineage.dep.{dep_name(d.fs_path, root)}": str(d.get_hash().value) for d in st.deps
                         if not isinstance(d, ParamsDependency) and d.exists}
                 for o in st.outs:
                     if Path(o.fs_path).resolve() == model_dir.resolve():
