@@ -23,8 +23,8 @@ def cmd_run(args) -> int:
     print(f"\nstages run: {', '.join(ran) or 'none (everything up to date)'}")
     if os.path.exists("metrics/evaluate.json"):
         m = json.load(open("metrics/evaluate.json"))
-        keys = ("gold_score_sft", "gold_score_policy", "win_rate_vs_sft", "kl_to_ref", "reward_model_accuracy",
-                "eos_rate_policy", "distinct2_sft", "distinct2_policy")
+        keys = ("gold_score_sft", "gold_score_policy", "judge_score_sft", "judge_score_policy", "win_rate_vs_sft",
+                "kl_to_ref", "reward_model_accuracy", "eos_rate_policy", "distinct2_sft", "distinct2_policy")
         print("evaluation (metrics/evaluate.json):")
         for k in keys:
             if k in m and m[k] is not None:

@@ -188,6 +188,9 @@ def prepare(module: nn.Module, device: torch.device, compute, trainable: bool = 
     model) checkpointing switches of ``compute`` (a ComputeConfig) to ``hf``, the Hugging Face model inside it
     (``PolicyWithValueHead.lm``, ``RewardModel.trunk``; default: the module itself). Returns ``module``."""
     module.to(device)
+    dtype = getattr(compute, "dtype", "fp32")
+    if dtype in ("bf16", "fp16"):      # heads and models loaded without a dtype (reward model, critic) follow it
+        module.to({"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
     target = module if hf is None else hf
     if trainable and compute.gradient_checkpointing:
         enable_gradient_checkpointing(target)

@@ -55,9 +55,11 @@ class ComputeConfig:
     device: str = "auto"                # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps
     precision: str = "fp32"             # fp32 | bf16 (autocast; weights and optimiser state stay fp32)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
+    dtype: str = "fp32"                 # weights' dtype: fp32 | bf16 | fp16 | auto (the checkpoint's own torch_dtype)
 
     def __post_init__(self) -> None:
         _check(self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, not {self.precision!r}")
+        _check(self.dtype in ("fp32", "bf16", "fp16", "auto"), f"dtype must be fp32, bf16, fp16 or auto, not {self.dtype!r}")
         _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                f"device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}")
 

@@ -102,13 +102,18 @@ def disable_dropout(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_causal_lm(path: str | Path, tokenizer=None, trust_remote_code: bool = False):
-    """Load any local Hugging Face causal LM from safetensors; resize embeddings if the tokenizer grew."""
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto": "auto"}
+
+
+def load_causal_lm(path: str | Path, tokenizer=None, trust_remote_code: bool = False, dtype: str = "fp32"):
+    """Load any local Hugging Face causal LM from safetensors, its weights in ``dtype`` (fp32 | bf16 | fp16 | auto:
+    the checkpoint's own); resize embeddings if the tokenizer grew."""
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     model = AutoModelForCausalLM.from_pretrained(str(path), config=load_config(path, trust_remote_code),
-                                                 trust_remote_code=trust_remote_code, use_safetensors=True)
+                                                 trust_remote_code=trust_remote_code, use_safetensors=True,
+                                                 dtype=DTYPES[dtype])
     if tokenizer is not None and model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     if tokenizer is not None:

@@ -33,13 +33,13 @@ def make_task(prompt, responses: list[str], ended: list[bool]) -> dict:
 
 def run(cfg: CollectConfig, on_log=None) -> StageResult:
     seed_everything(cfg.seed)
+    check_sampling(cfg.model_path, cfg.sampling, "collect")                          # before any work
     prompts = [r["prompt"] for r in load_jsonl(cfg.prompts)]
     if cfg.max_prompts:
         prompts = prompts[:cfg.max_prompts]
-    check_sampling(cfg.model_path, cfg.sampling, "collect")
     tok = load_tokenizer(cfg.model_path)
     device = accel.resolve_device(cfg.compute.device, key="collect.compute.device")
-    model = accel.prepare(load_causal_lm(cfg.model_path, tok), device, cfg.compute, trainable=False)
+    model = accel.prepare(load_causal_lm(cfg.model_path, tok, dtype=cfg.compute.dtype), device, cfg.compute, trainable=False)
     repeated = [p for p in prompts for _ in range(cfg.k)]                       # K consecutive copies per prompt
     s = cfg.sampling
     texts, ended = sample_responses(model, tok, repeated, s.max_new_tokens, s.temperature, s.batch_size, cfg.seed,

@@ -62,7 +62,7 @@ def run(cfg: EvaluateConfig, on_log=None) -> StageResult:
     prompts = [r["prompt"] for r in load_jsonl(cfg.prompts)][: cfg.max_prompts]
     tok = load_tokenizer(cfg.sft_path)
     device = accel.resolve_device(cfg.compute.device, key="evaluate.compute.device")
-    sft, policy = (Loaded(accel.prepare(load_causal_lm(p, tok).eval(), device, cfg.compute, trainable=False), tok)
+    sft, policy = (Loaded(accel.prepare(load_causal_lm(p, tok, dtype=cfg.compute.dtype).eval(), device, cfg.compute, trainable=False), tok)
                    for p in (cfg.sft_path, cfg.policy_path))
     reward = load_scorer(cfg.reward_path, device=device, compute=cfg.compute)
     judge = load_judge(cfg.judge, cfg.corpus, cfg.reward_path,

@@ -28,12 +28,12 @@ def build_models(cfg: PPOConfig, tok, device=None) -> PPOModels:
     import torch
 
     device = device or torch.device("cpu")
-    lm = load_causal_lm(cfg.policy_path, tok)
+    lm = load_causal_lm(cfg.policy_path, tok, dtype=cfg.compute.dtype)
     if cfg.lora.r:
         lm = accel.apply_lora(lm, cfg.lora, causal_lm=True)
         ref = accel.AdapterDisabled(lm)
     else:
-        ref = accel.prepare(load_causal_lm(cfg.policy_path, tok).eval(), device, cfg.compute, trainable=False)
+        ref = accel.prepare(load_causal_lm(cfg.policy_path, tok, dtype=cfg.compute.dtype).eval(), device, cfg.compute, trainable=False)
     policy = accel.prepare(PolicyWithValueHead(lm), device, cfg.compute, hf=lm)
     reward = load_scorer(cfg.reward_path, tok, device, cfg.compute)
     if not reward.fast:

@@ -32,7 +32,7 @@ def normalize(model, tok, cfg: RewardConfig) -> dict:
     """Sample from the reference (SFT) policy and set gain/bias so those samples score mean 0, std 1."""
     prompts = [r["prompt"] for r in load_jsonl(cfg.prompts)]
     prompts = (prompts * (cfg.normalize_samples // max(len(prompts), 1) + 1))[:cfg.normalize_samples]
-    policy = accel.prepare(load_causal_lm(cfg.model_path, tok), accel.model_device(model), cfg.compute, trainable=False)
+    policy = accel.prepare(load_causal_lm(cfg.model_path, tok, dtype=cfg.compute.dtype), accel.model_device(model), cfg.compute, trainable=False)
     s = cfg.sampling
     texts, ended = sample_responses(policy, tok, prompts, s.max_new_tokens, s.temperature, s.batch_size, cfg.seed + 1,
                                     s.max_prompt_tokens)

@@ -28,7 +28,7 @@ def run(cfg: SFTConfig, on_log=None) -> StageResult:
     tok = load_tokenizer(model_path)
     if cfg.chat_template:                      # saved with the model: every later stage renders with it
         tok.chat_template = read_template(cfg.chat_template)
-    model = load_causal_lm(model_path, tok)
+    model = load_causal_lm(model_path, tok, dtype=cfg.compute.dtype)
     if cfg.lora.r:
         model = accel.apply_lora(model, cfg.lora, causal_lm=True)
     accel.prepare(model, device, cfg.compute)
