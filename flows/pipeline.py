@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import time
 
-import mlflow
 from prefect import flow, get_run_logger
 
 from flows.promote import promote, summary
 from tasks.graph import all_stale_reasons, commit_and_status, configure, stage_order
 from tasks.stage import stage_task
-from tasks.tracking import PARENT_ENV, pipeline_run
+from tasks.tracking import PARENT_ENV, log_stage_seconds, pipeline_run, tag_stages_run
 
 
 class StageFailed(RuntimeError):
@@ -46,10 +45,10 @@ def rlhf_pipeline(params_path: str = "params.yaml", force: bool = False) -> dict
                     raise StageFailed(f"stage {stage!r} failed: {type(e).__name__}: {e}") from e
                 refreshed = commit_and_status(stage, [] if force else order[i + 1:])
                 stale.update(refreshed)
-                mlflow.log_metric(f"seconds/{stage}", time.perf_counter() - t0)
+                log_stage_seconds(stage, time.perf_counter() - t0)
         finally:
             os.environ.pop(PARENT_ENV, None)
-        mlflow.set_tags({"rlhf.ran": ",".join(s for s, r in results.items() if r != "skipped") or "none"})
+        tag_stages_run([s for s, r in results.items() if r != "skipped"])
         # Gate the new challengers (a no-op for versions already decided): champion moves only when gates pass.
         log.info("promotion:\n%s", summary(promote(params_path)))
     return results

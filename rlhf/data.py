@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from rlhf.chat import encode_prompt, encode_response  # noqa: F401  (the encoders live with the renderer)
-from rlhf.jsonl import json_line
+from rlhf.jsonl import iter_lines, json_line
 
 
 class DataError(ValueError):
@@ -27,17 +27,12 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: invalid JSON: {e.msg}") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
-            yield obj
+    for i, _, obj, error in iter_lines(path):
+        if error:
+            raise DataError(f"{path}:{i}: {error}")
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
+        yield obj
 
 
 def load_jsonl(path: str | Path) -> list[dict]:

@@ -42,6 +42,7 @@ from typing import Any, Iterable, Iterator
 
 from rlhf.config import DataSource
 from rlhf.hub import hub_reachable, offline_var
+from rlhf.jsonl import iter_lines
 
 LINE_SUFFIXES = (".jsonl", ".ndjson")
 TABULAR_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow"}
@@ -201,16 +202,8 @@ def _json_records(path: Path) -> Iterator[Record]:
             for raw in iter_json_array(path):
                 yield Record(raw.value, raw.line, raw.text, raw.error)
             return
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield Record(None, i, line, f"invalid JSON: {e.msg}")
-                continue
-            yield Record(obj, i, line)
+    for i, line, obj, error in iter_lines(path):
+        yield Record(obj, i, line, error)
 
 
 # ---- datasets: local files and folders, the hub -------------------------------------------------------------------

@@ -261,3 +261,13 @@ def log_ingest_run(options: dict, summary: dict, failed: bool) -> tuple[str, str
     finally:
         mlflow.end_run(status=status)
     return run.info.run_id, uri
+
+
+def log_stage_seconds(stage: str, seconds: float) -> None:
+    """Wall time of a stage the flow ran, on the pipeline's parent run (``seconds/<stage>``)."""
+    with_retries(mlflow.log_metric, f"seconds/{stage}", seconds)
+
+
+def tag_stages_run(stages: list[str]) -> None:
+    """The stages this pipeline run ran (tag ``rlhf.ran``; "none" when everything was up to date)."""
+    with_retries(mlflow.set_tags, {"rlhf.ran": ",".join(stages) or "none"})

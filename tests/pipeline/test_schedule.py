@@ -159,7 +159,7 @@ def test_failed_run_state_names_the_stage_and_the_error(served):
     assert out.returncode != 0 and flow_run.state.is_failed()
     message = flow_run.state.message or ""
     print(f"\nfailed run state message: {message}")
-    assert "stage 'prepare' failed" in message and "DataError" in message and "no_such_data" in message
+    assert "stage 'prepare' failed" in message and "SourceError" in message and "no_such_data" in message
 
 
 def test_sigterm_stops_serving_and_pauses_the_schedule(served):
