@@ -122,4 +122,11 @@ def test_a_new_stage_runs_through_the_flow_dvc_mlflow_and_the_report(stage_proje
     assert 'id="stage-wordcount"' in page
     assert f'frequent_words</td><td class="num">{int(second["frequent_words"])}</td>' in page
     assert not (ROOT / "rlhf" / "stages" / "wordcount.py").exists()       # nothing outside the copy was touched
+
+    # an edit to a core module that prepare imports only indirectly (rlhf/jsonl.py, through rlhf/data.py and
+    # rlhf/sources.py) makes prepare stale, and so everything after it (DESIGN invariant 1; dvc.yaml's deps)
+    with (repo / "rlhf" / "jsonl.py").open("a") as f:
+        f.write("\n# an edit\n")
+    status = run_in(repo, str(BIN / "rlhf"), "status").stdout
+    assert "prepare      stale: changed deps rlhf/jsonl.py: modified" in status, status
     shutil.rmtree(repo / ".prefect", ignore_errors=True)
