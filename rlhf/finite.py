@@ -16,3 +16,16 @@ def finite_or_none(v: Any) -> float | None:
             return None
     f = float(v)
     return f if math.isfinite(f) else None
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss, gradient norm, probability or metric that is NaN or infinite: the stage stops before anything is
+    saved or registered (DESIGN invariant 9)."""
+
+
+def require_finite(value: Any, what: str) -> float:
+    """``float(value)``, or NonFiniteError naming ``what`` (e.g. "gradient norm at step 12")."""
+    f = finite_or_none(value)
+    if f is None:
+        raise NonFiniteError(f"{what} is {value!r}, not a finite number")
+    return f

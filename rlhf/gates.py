@@ -18,11 +18,14 @@ class GateResult:
 
 
 def check(name: str, value: float | None, threshold: float | None, op: str) -> GateResult:
-    """One gate: ``value op threshold``; off when the threshold is null, skipped when the value is unmeasured."""
+    """One gate: ``value op threshold``; off when the threshold is null, skipped when the value was not measured,
+    failed when it was measured and is NaN or infinite (a broken measurement never promotes)."""
     if threshold is None:
         return GateResult(name, value, threshold, op, "off")
-    if value is None or not math.isfinite(value):
+    if value is None:
         return GateResult(name, None, threshold, op, "skip")
+    if not math.isfinite(value):
+        return GateResult(name, value, threshold, op, "fail")
     ok = value >= threshold if op == ">=" else value <= threshold
     return GateResult(name, value, threshold, op, "pass" if ok else "fail")
 

@@ -20,6 +20,7 @@ import torch
 
 from rlhf.accel import hf_model, model_device, to_device
 from rlhf.chat import end_ids
+from rlhf.finite import NonFiniteError
 from rlhf.data import encode_prompt, pad_left
 from rlhf.logprobs import entropy_from_logits
 from rlhf.modeling import position_ids_from_mask
@@ -55,6 +56,8 @@ def lm_response_logits(model, ids: torch.Tensor, attn: torch.Tensor, context_len
 
 def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row of ``probs`` (B, V) by inverse CDF; the uniforms come from ``generator`` on the CPU."""
+    if not bool(torch.isfinite(probs).all()):         # searchsorted on NaN would silently pick the last token
+        raise NonFiniteError("the next-token probabilities are not finite (NaN or inf logits)")
     u = torch.rand(probs.size(0), 1, generator=generator).to(probs.device, probs.dtype)     # (B, 1)
     cdf = probs.cumsum(-1)                                                                 # (B, V)
     # Scale by the row's total so rounding in the cumsum can never push u past the last entry; right=True skips

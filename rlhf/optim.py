@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from rlhf.finite import require_finite
+
 
 def make_optimizer(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """AdamW; eps 1e-5 as in the N implementation details of RLHF (TF's default, more stable than 1e-8).
@@ -63,9 +65,12 @@ def setup_training(model, cfg, total_steps: int, state: dict | None = None):
     return opt, sched, int(state["step"])
 
 
-def optimizer_step(model, opt, sched, max_grad_norm: float) -> float:
-    """Clip the global gradient norm, step optimiser and schedule, clear gradients; returns the norm before clipping."""
+def optimizer_step(model, opt, sched, max_grad_norm: float, step: int | None = None) -> float:
+    """Clip the global gradient norm, step optimiser and schedule, clear gradients; returns the norm before clipping.
+    A non-finite norm (a NaN or inf loss, or an overflow) raises NonFiniteError BEFORE the update: AdamW would
+    otherwise write NaN into every weight."""
     grad_norm = clip_grad_norm(model, max_grad_norm)
+    require_finite(grad_norm, f"the gradient norm at optimiser step {step}" if step is not None else "the gradient norm")
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)

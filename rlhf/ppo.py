@@ -21,6 +21,7 @@ import torch
 
 from rlhf.accel import model_device, to_device
 from rlhf.chat import end_ids
+from rlhf.finite import require_finite
 from rlhf.config import PPOConfig
 from rlhf.distributed import SINGLE, DistContext, all_reduce_mean, shard, sync_gradients
 from rlhf.generation import encode_prompts, gather_logprobs, lm_response_logits, sample
@@ -170,7 +171,8 @@ class PPOTrainer:
                         counts[k] = counts.get(k, 0) + 1
                 params = [p for g in self.optimizer.param_groups for p in g["params"]]
                 sync_gradients(params, self.dist, average=True)       # no-op on one process
-                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)))
+                grad_norms.append(require_finite(torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm),
+                                                 f"the gradient norm at PPO iteration {iteration + 1}"))
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -191,6 +193,8 @@ class PPOTrainer:
         t2 = time.perf_counter()
         kl_coef = self.kl_ctl.value
         stats = experience_stats(exp, kl_coef)
+        for key in ("objective/scores", "objective/kl"):     # a NaN score or KL would poison every later update
+            require_finite(stats[key], f"{key} at PPO iteration {it + 1}")
         stats.update(self.optimize(exp, it))
         stats = all_reduce_mean(stats, self.dist)                    # global-batch statistics on every rank
         t3 = time.perf_counter()

@@ -144,7 +144,7 @@ def train_causal_lm(model, examples: list[Example], cfg: TrainConfig, pad_id: in
         if dist.enabled:
             sync_gradients(model.parameters(), dist, average=False)   # sum: each loss is already / global count
             loss_total, tokens = all_reduce_sum([loss_total, tokens], dist)
-        grad_norm = optimizer_step(model, opt, sched, cfg.max_grad_norm)
+        grad_norm = optimizer_step(model, opt, sched, cfg.max_grad_norm, step + 1)
         last_loss = loss_total / max(n_targets, 1)
         if on_log and ((step + 1) % cfg.log_every == 0 or step + 1 == len(plan)):
             dt = time.perf_counter() - t0

@@ -23,6 +23,7 @@ from rlhf.accel import model_device, to_device
 from rlhf.config import TrainConfig
 from rlhf.data import encode_prompt, encode_response, pad_left
 from rlhf.distributed import SINGLE, DistContext, all_reduce_sum, shard, sync_gradients
+from rlhf.finite import NonFiniteError
 from rlhf.optim import optimizer_step, setup_training
 from rlhf.reward_format import same_tokenizer
 from rlhf.train_lm import plan_batches
@@ -139,7 +140,7 @@ def train_reward_model(model, groups: list[Group], cfg: TrainConfig, pad_id: int
         if dist.enabled:
             sync_gradients(model.parameters(), dist, average=False)
             loss_sum, correct = all_reduce_sum([loss_sum, correct], dist)
-        grad_norm = optimizer_step(model, opt, sched, cfg.max_grad_norm)
+        grad_norm = optimizer_step(model, opt, sched, cfg.max_grad_norm, step + 1)
         n_pairs += total_pairs
         if on_log and ((step + 1) % cfg.log_every == 0 or step + 1 == len(plan)):
             on_log(step + 1, {"loss/reward": loss_sum / max(denom, 1), "reward/accuracy": correct / max(total_pairs, 1),
@@ -180,7 +181,12 @@ def score_texts(model, tokenizer, prompts: list, responses: list[str], ended: li
 def set_normalization(model, raw_scores: torch.Tensor) -> dict:
     """gain, bias such that gain * raw + bias has mean 0, std 1 on ``raw_scores`` (reference-policy samples); the
     statistics are kept on the model (``model.normalization``) for the saved config (rlhf/reward_format.py)."""
-    mean, std = float(raw_scores.mean()), float(raw_scores.std().clamp(min=1e-6))
+    if raw_scores.numel() < 2 or not bool(torch.isfinite(raw_scores).all()):
+        raise NonFiniteError(f"reward normalisation needs at least 2 finite scores, got {raw_scores.tolist()[:4]}")
+    mean, std = float(raw_scores.mean()), float(raw_scores.std())
+    if std < 1e-4:                                     # identical scores: a gain of 1/std would be ~1e6
+        raise NonFiniteError(f"reward normalisation: the reference samples all score {mean:.4g} (std {std:.2g}); "
+                             "the reward model does not tell them apart")
     model.gain.fill_(1.0 / std)
     model.bias.fill_(-mean / std)
     model.normalization = {"raw_mean": mean, "raw_std": std, "samples": int(raw_scores.numel())}

@@ -12,6 +12,7 @@ from prefect import task
 
 from rlhf.config import flatten, load_params, to_dict
 from rlhf.distributed import is_main_process
+from rlhf.finite import NonFiniteError, finite_or_none
 from rlhf.stages.common import StageResult
 from tasks.figures import log_figures
 from tasks.graph import declared_stages
@@ -43,8 +44,15 @@ def run_stage(stage: str, params_path: str = "params.yaml") -> tuple[StageResult
         logger = StageLogger(stage, cfg)
         try:
             result: StageResult = module.run(cfg, logger)
+        except NonFiniteError as e:
+            raise NonFiniteError(f"{stage}: {e}; the stage stopped: nothing was saved or registered") from None
         finally:
             logger.close()
+        bad = {k: v for k, v in result.metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and finite_or_none(v) is None}
+        if bad:                                        # before anything is written to metrics/ or registered
+            raise NonFiniteError(f"{stage}: final metrics are not finite: "
+                                 + ", ".join(f"{k}={v}" for k, v in sorted(bad.items())) + "; nothing registered")
         mlflow.log_metrics({f"final/{k}": float(v) for k, v in result.metrics.items()
                             if isinstance(v, (int, float)) and v == v})
         mlflow.log_artifact(str(write_metrics(stage, result.metrics)), "metrics")

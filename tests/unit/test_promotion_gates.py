@@ -33,10 +33,16 @@ def test_check_compares_in_the_gate_direction_and_equality_passes():
     assert check("kl", 6.01, 6.0, "<=").status == "fail"
 
 
-def test_missing_or_nan_numbers_skip_and_null_threshold_turns_a_gate_off():
+def test_missing_numbers_skip_and_null_threshold_turns_a_gate_off():
     assert check("w", None, 0.5, ">=").status == "skip"
-    assert check("w", math.nan, 0.5, ">=").status == "skip"
     assert check("w", 0.1, None, ">=").status == "off"
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_gate_value_fails_and_blocks_promotion(bad):
+    assert check("kl", bad, 6.0, "<=").status == "fail" and check("w", bad, 0.5, ">=").status == "fail"
+    ok, reason = decide(policy_gates({**GOOD, "kl_to_ref": bad}, Gates()))
+    assert not ok and reason.startswith("kl_to_ref ")
 
 
 def test_default_policy_gates_pass_a_good_challenger():
