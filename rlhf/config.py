@@ -7,21 +7,16 @@ rules are checked in ``__post_init__`` so an invalid config never reaches a trai
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 
 
 class ConfigError(ValueError):
     """A params.yaml problem; the message names the file and the key."""
 
 
-def _check(cond: bool, msg: str) -> None:
+def check_rule(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
 
@@ -42,11 +37,11 @@ class TrainConfig:
     checkpoint_every: int = 0           # optimiser steps between checkpoints; 0 = none
 
     def __post_init__(self) -> None:
-        _check(self.epochs > 0, "epochs must be > 0")
-        _check(self.batch_size % self.grad_accum == 0, f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
-        _check(self.lr_schedule in ("constant", "linear", "cosine"), f"lr_schedule must be constant|linear|cosine, not {self.lr_schedule!r}")
-        _check(0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)")
-        _check(self.max_length >= 8, "max_length must be >= 8")
+        check_rule(self.epochs > 0, "epochs must be > 0")
+        check_rule(self.batch_size % self.grad_accum == 0, f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
+        check_rule(self.lr_schedule in ("constant", "linear", "cosine"), f"lr_schedule must be constant|linear|cosine, not {self.lr_schedule!r}")
+        check_rule(0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)")
+        check_rule(self.max_length >= 8, "max_length must be >= 8")
 
 
 @dataclass(frozen=True)
@@ -58,9 +53,9 @@ class ComputeConfig:
     dtype: str = "fp32"                 # weights' dtype: fp32 | bf16 | fp16 | auto (the checkpoint's own torch_dtype)
 
     def __post_init__(self) -> None:
-        _check(self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, not {self.precision!r}")
-        _check(self.dtype in ("fp32", "bf16", "fp16", "auto"), f"dtype must be fp32, bf16, fp16 or auto, not {self.dtype!r}")
-        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+        check_rule(self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, not {self.precision!r}")
+        check_rule(self.dtype in ("fp32", "bf16", "fp16", "auto"), f"dtype must be fp32, bf16, fp16 or auto, not {self.dtype!r}")
+        check_rule(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                f"device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}")
 
 
@@ -73,8 +68,8 @@ class LoRAConfig:
     target_modules: tuple[str, ...] = ()  # module names to adapt; empty = peft's default for the architecture
 
     def __post_init__(self) -> None:
-        _check(self.r >= 0, "r must be >= 0")
-        _check(0 <= self.dropout < 1, "dropout must be in [0, 1)")
+        check_rule(self.r >= 0, "r must be >= 0")
+        check_rule(0 <= self.dropout < 1, "dropout must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -88,18 +83,18 @@ class DataSource:
     columns: dict[str, str] = field(default_factory=dict)   # their column -> ours, renamed before validation
 
     def __post_init__(self) -> None:
-        _check(not (self.path and self.name), "give path (a local file or folder) or name (a hub dataset), not both")
-        _check(not self.config or bool(self.name), "config is a hub dataset's configuration: set name too")
-        _check(bool(self.split.strip()), "split must not be empty")
+        check_rule(not (self.path and self.name), "give path (a local file or folder) or name (a hub dataset), not both")
+        check_rule(not self.config or bool(self.name), "config is a hub dataset's configuration: set name too")
+        check_rule(bool(self.split.strip()), "split must not be empty")
         self.check_columns(self.columns)
 
     @staticmethod
     def check_columns(columns: dict[str, str]) -> None:
         """A column mapping renames one to one: no empty names, no two columns onto one name."""
-        _check(all(k.strip() and v.strip() for k, v in columns.items()), "columns: names must not be empty")
+        check_rule(all(k.strip() and v.strip() for k, v in columns.items()), "columns: names must not be empty")
         targets = list(columns.values())
         twice = sorted({t for t in targets if targets.count(t) > 1})
-        _check(not twice, f"columns: several columns are renamed to {twice[0]!r}" if twice else "")
+        check_rule(not twice, f"columns: several columns are renamed to {twice[0]!r}" if twice else "")
 
     @property
     def is_set(self) -> bool:
@@ -121,9 +116,9 @@ class PrepareConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(0 < self.val_fraction < 0.5, "val_fraction must be in (0, 0.5)")
-        _check(0 < self.eval_fraction < 1, "eval_fraction must be in (0, 1)")
-        _check(self.use_corpus or not self.corpus.is_set, "corpus is set but use_corpus is false: drop one")
+        check_rule(0 < self.val_fraction < 0.5, "val_fraction must be in (0, 0.5)")
+        check_rule(0 < self.eval_fraction < 1, "eval_fraction must be in (0, 1)")
+        check_rule(self.use_corpus or not self.corpus.is_set, "corpus is set but use_corpus is false: drop one")
 
 
 @dataclass(frozen=True)
@@ -141,7 +136,7 @@ class ModelConfig:
     n_positions: int = 64
 
     def __post_init__(self) -> None:
-        _check(self.n_embd % self.n_head == 0, f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        check_rule(self.n_embd % self.n_head == 0, f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
 
 @dataclass(frozen=True)
@@ -178,9 +173,9 @@ class SamplingConfig:
     max_prompt_tokens: int = 32         # a longer rendered prompt keeps its end (the part the response continues)
 
     def __post_init__(self) -> None:
-        _check(self.temperature > 0, "temperature must be > 0")
-        _check(self.max_new_tokens >= 1, "max_new_tokens must be >= 1")
-        _check(self.max_prompt_tokens >= 1, "max_prompt_tokens must be >= 1")
+        check_rule(self.temperature > 0, "temperature must be > 0")
+        check_rule(self.max_new_tokens >= 1, "max_new_tokens must be >= 1")
+        check_rule(self.max_prompt_tokens >= 1, "max_prompt_tokens must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -195,7 +190,7 @@ class CollectConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.k >= 2, "k must be >= 2 (a ranking needs at least two responses)")
+        check_rule(self.k >= 2, "k must be >= 2 (a ranking needs at least two responses)")
 
 
 @dataclass(frozen=True)
@@ -229,16 +224,16 @@ class PreferencesConfig:
     val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
-        _check(len(self.inputs) > 0 or self.dataset.is_set, "inputs must name at least one annotation export "
+        check_rule(len(self.inputs) > 0 or self.dataset.is_set, "inputs must name at least one annotation export "
                "(or set dataset)")
         DataSource.check_columns(self.columns)
-        _check(0 <= self.max_reject_share <= 1, "max_reject_share must be in [0, 1]")
-        _check(self.max_field_chars >= 1, "max_field_chars must be >= 1")
-        _check(len(self.rating_scale) == 2 and self.rating_scale[0] < self.rating_scale[1],
+        check_rule(0 <= self.max_reject_share <= 1, "max_reject_share must be in [0, 1]")
+        check_rule(self.max_field_chars >= 1, "max_field_chars must be >= 1")
+        check_rule(len(self.rating_scale) == 2 and self.rating_scale[0] < self.rating_scale[1],
                "rating_scale must be [low, high] with low < high")
-        _check(self.k_factor > 0, "k_factor must be > 0")
-        _check(self.elo_rounds >= 1, "elo_rounds must be >= 1")
-        _check(0 < self.val_fraction < 0.5, "val_fraction must be in (0, 0.5)")
+        check_rule(self.k_factor > 0, "k_factor must be > 0")
+        check_rule(self.elo_rounds >= 1, "elo_rounds must be >= 1")
+        check_rule(0 < self.val_fraction < 0.5, "val_fraction must be in (0, 0.5)")
 
 
 @dataclass(frozen=True)
@@ -258,7 +253,7 @@ class RewardConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.loss in ("pairwise", "elo"), f"loss must be 'pairwise' or 'elo', not {self.loss!r}")
+        check_rule(self.loss in ("pairwise", "elo"), f"loss must be 'pairwise' or 'elo', not {self.loss!r}")
 
 
 @dataclass(frozen=True)
@@ -298,20 +293,20 @@ class PPOConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.rollout_batch_size % self.num_mini_batches == 0,
+        check_rule(self.rollout_batch_size % self.num_mini_batches == 0,
                f"rollout_batch_size ({self.rollout_batch_size}) must be divisible by num_mini_batches ({self.num_mini_batches})")
-        _check((self.rollout_batch_size // self.num_mini_batches) % self.grad_accum == 0,
+        check_rule((self.rollout_batch_size // self.num_mini_batches) % self.grad_accum == 0,
                "mini-batch size must be divisible by grad_accum")
-        _check(self.total_episodes >= self.rollout_batch_size, "total_episodes must be >= rollout_batch_size")
-        _check(self.kl_estimator in ("k1", "k2", "k3"), f"kl_estimator must be k1, k2 or k3, not {self.kl_estimator!r}")
-        _check(self.value_model in ("shared", "separate"), f"value_model must be shared|separate, not {self.value_model!r}")
-        _check(self.critic_train_layers >= -1, "critic_train_layers must be >= -1 (-1 = every layer trains)")
-        _check(0 <= self.value_epochs <= self.ppo_epochs, f"value_epochs must be in [0, ppo_epochs={self.ppo_epochs}]")
-        _check(self.critic_train_layers == -1 or self.lora.r == 0,
+        check_rule(self.total_episodes >= self.rollout_batch_size, "total_episodes must be >= rollout_batch_size")
+        check_rule(self.kl_estimator in ("k1", "k2", "k3"), f"kl_estimator must be k1, k2 or k3, not {self.kl_estimator!r}")
+        check_rule(self.value_model in ("shared", "separate"), f"value_model must be shared|separate, not {self.value_model!r}")
+        check_rule(self.critic_train_layers >= -1, "critic_train_layers must be >= -1 (-1 = every layer trains)")
+        check_rule(0 <= self.value_epochs <= self.ppo_epochs, f"value_epochs must be in [0, ppo_epochs={self.ppo_epochs}]")
+        check_rule(self.critic_train_layers == -1 or self.lora.r == 0,
                "critic_train_layers applies to full fine-tuning; with lora.r > 0 the critic trains LoRA adapters")
-        _check(self.lr_schedule in ("constant", "linear", "cosine"), "lr_schedule must be constant|linear|cosine")
-        _check(0 < self.cliprange < 1, "cliprange must be in (0, 1)")
-        _check(0 < self.lam <= 1 and 0 < self.gamma <= 1, "gamma and lam must be in (0, 1]")
+        check_rule(self.lr_schedule in ("constant", "linear", "cosine"), "lr_schedule must be constant|linear|cosine")
+        check_rule(0 < self.cliprange < 1, "cliprange must be in (0, 1)")
+        check_rule(0 < self.lam <= 1 and 0 < self.gamma <= 1, "gamma and lam must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -335,7 +330,7 @@ class EvaluateConfig:
     seed: int = 1234
 
     def __post_init__(self) -> None:
-        _check(self.max_prompts >= 1 and self.rm_pairs_k >= 2, "max_prompts must be >= 1 and rm_pairs_k >= 2")
+        check_rule(self.max_prompts >= 1 and self.rm_pairs_k >= 2, "max_prompts must be >= 1 and rm_pairs_k >= 2")
 
 
 @dataclass(frozen=True)
@@ -354,7 +349,7 @@ class PromoteConfig:
     seed: int = 4321
 
     def __post_init__(self) -> None:
-        _check(self.max_prompts >= 1 and self.rm_pairs_k >= 2, "max_prompts must be >= 1 and rm_pairs_k >= 2")
+        check_rule(self.max_prompts >= 1 and self.rm_pairs_k >= 2, "max_prompts must be >= 1 and rm_pairs_k >= 2")
 
 
 @dataclass(frozen=True)
@@ -382,114 +377,5 @@ class PipelineConfig:
         return getattr(self, name)
 
 
-def _coerce(tp: Any, value: Any, key: str, base: Any = None) -> Any:
-    """Convert a YAML value to the annotated field type, or raise ConfigError naming the key. A nested section
-    fills its missing keys from ``base``, the field's own default (sft's train defaults are not pretrain's)."""
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key, base)
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value is None else _coerce(args[0], value, key)
-    if origin is dict:
-        _check(isinstance(value, dict), f"{key}: expected a mapping, got {type(value).__name__}")
-        kt, vt = typing.get_args(tp)
-        return {_coerce(kt, k, key): _coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
-    if origin is tuple:
-        _check(isinstance(value, (list, tuple)), f"{key}: expected a list, got {type(value).__name__}")
-        return tuple(_coerce(typing.get_args(tp)[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        _check(isinstance(value, bool), f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        _check(isinstance(value, str), f"{key}: expected a string, got {value!r}")
-        return value
-    return value
-
-
-def _field_default(f: dataclasses.Field) -> Any:
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None if f.default is dataclasses.MISSING else f.default
-
-
-def from_dict(cls: type, data: Any, prefix: str = "", base: Any = None) -> Any:
-    """Build dataclass ``cls`` from a mapping, missing keys taken from ``base`` (else the class defaults); unknown
-    keys and wrong types raise ConfigError with the key path."""
-    where = prefix or "params"
-    if data is None:
-        data = {}
-    _check(isinstance(data, dict), f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    names = list(fields)
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(names)})"
-            raise ConfigError(f"{path}: unknown key{hint}")
-        nested = getattr(base, key) if base is not None else _field_default(fields[key])
-        kwargs[key] = _coerce(hints[key], value, path, nested if dataclasses.is_dataclass(nested) else None)
-    try:
-        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
-
-
-def load_params(path: str | Path = "params.yaml") -> PipelineConfig:
-    """Load and validate params.yaml; every error names the file and the key."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
-    try:
-        _check(isinstance(raw, dict), f"expected a mapping of sections, got {type(raw).__name__}")
-        known = {f.name for f in dataclasses.fields(PipelineConfig)} - {"extra_stages"}
-        extra = {k: _stage_config(k, v) for k, v in raw.items() if k not in known and _stage_module_config(k)}
-        cfg = from_dict(PipelineConfig, {k: v for k, v in raw.items() if k not in extra})
-        return dataclasses.replace(cfg, extra_stages=extra) if extra else cfg
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
-
-
-def _stage_module_config(name: str) -> type | None:
-    """The ``Config`` dataclass of stage module rlhf/stages/<name>.py, or None when there is no such module."""
-    import importlib
-    import importlib.util
-    if not str(name).isidentifier() or importlib.util.find_spec(f"rlhf.stages.{name}") is None:
-        return None
-    cls = getattr(importlib.import_module(f"rlhf.stages.{name}"), "Config", None)
-    return cls if dataclasses.is_dataclass(cls) else None
-
-
-def _stage_config(name: str, data: Any) -> Any:
-    return from_dict(_stage_module_config(name), data, name)
-
-
-def to_dict(cfg: Any) -> dict:
-    """The config as plain data (for MLflow params and model cards)."""
-    return dataclasses.asdict(cfg)
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists/tuples become strings."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, dict):
-            out.update(flatten(v, key))
-        else:
-            out[key] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
-    return out
-
+# Loading and converting (rlhf/config_loader.py), importable from here as the one configuration API.
+from rlhf.config_loader import flatten, from_dict, load_params, to_dict  # noqa: E402,F401
