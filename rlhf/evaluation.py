@@ -165,13 +165,6 @@ def reward_model_accuracy(scorers: dict[str, Any], reference, judge: Judge, prom
     return out
 
 
-def load_scorer(path, device=None, compute=None):
-    """A reward model folder (ours or any one-label sequence-classification model) as a scorer with .model and its
-    own .tok (rlhf/reward_scoring.py: token ids when it shares the policy's tokenizer, else decoded text)."""
-    from rlhf.reward_scoring import load_scorer as load
-    return load(path, device=device, compute=compute)
-
-
 def preference_accuracy(scorer, rows: list[dict], max_length: int) -> dict:
     """Pairwise accuracy of a reward model on held-out human rankings (rows {"prompt", "responses", "ranks"}, rank 0
     best; ties give no pair): the share of ranked pairs it scores in the annotators' order."""

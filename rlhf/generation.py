@@ -56,12 +56,14 @@ def lm_response_logits(model, ids: torch.Tensor, attn: torch.Tensor, context_len
 
 def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row of ``probs`` (B, V) by inverse CDF; the uniforms come from ``generator`` on the CPU."""
-    if not bool(torch.isfinite(probs).all()):         # searchsorted on NaN would silently pick the last token
-        raise NonFiniteError("the next-token probabilities are not finite (NaN or inf logits)")
     u = torch.rand(probs.size(0), 1, generator=generator).to(probs.device, probs.dtype)     # (B, 1)
     cdf = probs.cumsum(-1)                                                                 # (B, V)
     # Scale by the row's total so rounding in the cumsum can never push u past the last entry; right=True skips
     # zero-probability tokens (their cdf equals their left neighbour's).
+    # A NaN or inf anywhere in a row makes its total (the cdf's last entry) non-finite: checking the (B,) totals
+    # catches it without another pass over (B, V); searchsorted would silently pick the last token.
+    if not bool(torch.isfinite(cdf[:, -1]).all()):
+        raise NonFiniteError("the next-token probabilities are not finite (NaN or inf logits)")
     idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)                             # (B, 1)
     return idx.clamp(max=probs.size(-1) - 1).squeeze(1)
 
@@ -172,13 +174,14 @@ def logprobs_of(model, rollout: Rollout, temperature: float) -> torch.Tensor:
                            rollout.response_ids)
 
 
-def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
-    """Response texts without their end id and padding, stripped of the leading space."""
+def decode_responses(tokenizer, rollout: Rollout, skip_special_tokens: bool = False) -> list[str]:
+    """Response texts without their end id and padding, stripped of the leading space (``skip_special_tokens``:
+    also without any other special token, for a reward model with a tokenizer of its own)."""
     texts = []
     drop = {*end_ids(tokenizer), tokenizer.pad_token_id}
     for ids, m in zip(rollout.response_ids.tolist(), rollout.response_mask.tolist()):
         keep = [t for t, k in zip(ids, m) if k and t not in drop]
-        texts.append(tokenizer.decode(keep).strip())
+        texts.append(tokenizer.decode(keep, skip_special_tokens=skip_special_tokens).strip())
     return texts
 
 

@@ -3,7 +3,18 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One input record as read: ``value`` (None when ``error`` is set), 1-based start ``line`` (a JSON file) or row
+    number (a table), raw ``text``."""
+    value: Any
+    line: int
+    text: str
+    error: str | None = None
+
 
 # Characters Python's str.splitlines() (and some JSON Lines readers) break a line at, though JSON allows them raw.
 _LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}

@@ -12,15 +12,29 @@ class LengthError(ValueError):
     """A configured length that the model cannot hold."""
 
 
+def text_config(config):
+    """The text part of a (possibly multimodal) transformers config, or the config itself."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def positions(config) -> int | None:
+    """The longest sequence a model takes, from its config (a transformers config or config.json as a dict; the
+    smallest of the position keys it sets), None when it does not say."""
+    if config is None:
+        return None
+    if isinstance(config, dict):
+        get = {**config.get("text_config", {}), **config}.get
+    else:
+        text = text_config(config)
+        get = lambda k: getattr(text, k, None)                       # noqa: E731
+    values = [get(k) for k in POSITION_KEYS if isinstance(get(k), int) and get(k) > 0]
+    return min(values) if values else None
+
+
 def max_positions(model_path: str | Path) -> int | None:
     """The longest sequence a local model folder can take, from its config.json (None when it does not say)."""
     f = Path(model_path) / "config.json"
-    if not f.is_file():
-        return None
-    cfg = json.loads(f.read_text())
-    cfg = {**cfg.get("text_config", {}), **cfg}
-    values = [cfg[k] for k in POSITION_KEYS if isinstance(cfg.get(k), int) and cfg[k] > 0]
-    return min(values) if values else None
+    return positions(json.loads(f.read_text())) if f.is_file() else None
 
 
 def check_fits(model_path: str | Path, needed: int, key: str, what: str = "tokens") -> None:

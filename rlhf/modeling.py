@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from rlhf.config import ModelConfig, TokenizerConfig
+from rlhf.limits import text_config
+from rlhf.reward_shaping import last_token_index as last_valid_index
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"           # distinct from EOS, so EOS is learned and never masked as padding
@@ -122,7 +124,7 @@ def load_causal_lm(path: str | Path, tokenizer=None, trust_remote_code: bool = F
 
 
 def hidden_size(config) -> int:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(config)
     for name in ("hidden_size", "n_embd", "d_model"):
         if getattr(text, name, None):
             return int(getattr(text, name))
@@ -188,8 +190,7 @@ def last_token_index(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_
     keep = attention_mask.bool()                                                   # (B, T)
     if pad_token_id is not None:
         keep = keep & (input_ids != pad_token_id)
-    positions = torch.arange(input_ids.size(1), device=input_ids.device)          # (T,)
-    return (positions * keep).argmax(-1)                                           # (B,)
+    return last_valid_index(keep)[0]                                               # (B,)
 
 
 class RewardModel(nn.Module):
@@ -213,8 +214,7 @@ class RewardModel(nn.Module):
         self.score_head = head
         self.register_buffer("gain", torch.ones(()))
         self.register_buffer("bias", torch.full((), float(bias)))
-        text = trunk.config.get_text_config() if hasattr(trunk.config, "get_text_config") else trunk.config
-        self.pad_token_id = getattr(text, "pad_token_id", None)
+        self.pad_token_id = getattr(text_config(trunk.config), "pad_token_id", None)
         self.tokenizer = None
 
     def raw_scores(self, input_ids, attention_mask) -> torch.Tensor:
@@ -234,9 +234,7 @@ class RewardModel(nn.Module):
         into the config: transformers reads a sequence-classification score at the last token that is not it."""
         trunk = load_trunk(path, tokenizer, trust_remote_code)
         if tokenizer is not None:
-            trunk.config.pad_token_id = tokenizer.pad_token_id
-            if hasattr(trunk.config, "get_text_config"):
-                trunk.config.get_text_config().pad_token_id = tokenizer.pad_token_id
+            trunk.config.pad_token_id = text_config(trunk.config).pad_token_id = tokenizer.pad_token_id
         return cls(trunk)
 
     def save_pretrained(self, out_dir: str | Path) -> None:

@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rlhf.limits import text_config
+
 META_KEY = "rlhf_reward"
 SCORE_DOC = "normalised score = logits[:, 0] + bias (mean 0, std 1 on reference-policy samples)"
 PROBE = "Hello, world! The film's 2nd half was great:\n\tdon't  miss it."
@@ -55,19 +57,6 @@ def is_reward_folder(path: str | Path) -> bool:
     from rlhf.modeling import REWARD_HEAD_FILE
     path = Path(path)
     return (path / REWARD_HEAD_FILE).exists() or any(a.endswith("ForSequenceClassification") for a in _arch_list(path))
-
-
-def text_config(config):
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def max_positions(config, default: int = 1024) -> int:
-    """The longest sequence the model takes (``max_position_embeddings`` / ``n_positions``), else ``default``."""
-    text = text_config(config)
-    for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        if getattr(text, name, None):
-            return int(getattr(text, name))
-    return default
 
 
 # ---------------------------------------------------------------------------------------------- save

@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlhf.chat import end_ids
 from rlhf.data import pad_left
-from rlhf.reward_format import max_positions, same_tokenizer
+from rlhf.generation import decode_responses
+from rlhf.limits import positions
+from rlhf.reward_format import same_tokenizer
 from rlhf.train_reward import score_texts
 
 
@@ -35,16 +36,6 @@ def repack_for_reward(rollout, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]
     return r_ids.to(ids.device), r_attn.to(ids.device)
 
 
-def decode_for_reward(policy_tok, rollout) -> list[str]:
-    """Each response's text: its tokens up to the end id, without the end id, padding or special tokens."""
-    drop = {*end_ids(policy_tok), policy_tok.pad_token_id}
-    texts = []
-    for ids, m in zip(rollout.response_ids.tolist(), rollout.response_mask.tolist()):
-        keep = [t for t, k in zip(ids, m) if k and t not in drop]
-        texts.append(policy_tok.decode(keep, skip_special_tokens=True).strip())
-    return texts
-
-
 class RewardScorer(nn.Module):
     """A reward model, its own tokenizer (``tok``) and the policy's tokenizer; ``fast`` says whether the policy's
     ids are scored directly. ``calls`` counts the batches each path scored ("ids", "text")."""
@@ -53,7 +44,7 @@ class RewardScorer(nn.Module):
         super().__init__()
         self.model, self.tok, self.policy_tok = model, tok, policy_tok
         self.fast = policy_tok is not None and same_tokenizer(tok, policy_tok)
-        self.max_length = max_length or max_positions(getattr(getattr(model, "trunk", model), "config", None))
+        self.max_length = max_length or positions(getattr(getattr(model, "trunk", model), "config", None)) or 1024
         self.calls: Counter = Counter()
 
     @property
@@ -89,7 +80,7 @@ class RewardScorer(nn.Module):
         if prompts is None or len(prompts) != rollout.response_ids.size(0):
             raise ValueError("the reward model has another tokenizer than the policy: scoring needs the rollout's "
                              "prompts")
-        texts = decode_for_reward(self.policy_tok, rollout)
+        texts = decode_responses(self.policy_tok, rollout, skip_special_tokens=True)
         scores = self.score_texts(list(prompts), texts, rollout.ended.tolist())
         return scores.to(rollout.response_ids.device)
 

@@ -17,7 +17,7 @@ from rlhf.generation import (Rollout, gather_logprobs, lm_response_logits, respo
                              supports_logits_to_keep)
 from rlhf.logprobs import entropy_from_logits
 from rlhf.masking import masked_mean
-from rlhf.reward_scoring import repack_for_reward, score_rollout  # noqa: F401  (repack_for_reward: re-exported)
+from rlhf.reward_scoring import score_rollout
 from rlhf.reward_shaping import apply_missing_eos_penalty, shape_rewards
 
 

@@ -42,6 +42,7 @@ from typing import Any, Iterable, Iterator
 
 from rlhf.config import DataSource
 from rlhf.hub import hub_reachable, offline_var
+from rlhf.jsonl import RawRecord as Record
 from rlhf.jsonl import iter_lines
 
 LINE_SUFFIXES = (".jsonl", ".ndjson")
@@ -54,15 +55,6 @@ CONVERSATION_COLUMNS = ("prompt", "completion", "chosen", "rejected")
 class SourceError(ValueError):
     """A source that cannot be read at all; one line naming the params key and the path or dataset. (Not a
     rlhf.data.DataError: that module imports torch, and the ingest CLI imports this one.)"""
-
-
-@dataclass(frozen=True)
-class Record:
-    """One input record: ``value`` (None when ``error``), 1-based ``line`` (JSON) or row number, raw ``text``."""
-    value: Any
-    line: int
-    text: str
-    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -200,7 +192,7 @@ def _json_records(path: Path) -> Iterator[Record]:
             return                                         # empty file: no records
         if container == "array":
             for raw in iter_json_array(path):
-                yield Record(raw.value, raw.line, raw.text, raw.error)
+                yield raw
             return
     for i, line, obj, error in iter_lines(path):
         yield Record(obj, i, line, error)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,16 +59,13 @@ def data_dvc_md5(root: str | Path = ".") -> str:
     return str(outs[0].get("md5", ""))
 
 
-def dep_name(path: str | Path, root: str | Path = ".") -> str:
-    """A dependency as a tag-safe name: relative to the git work tree (a stage of a nested project such as
-    examples/chat lists ../../rlhf/...; MLflow refuses keys with '..')."""
-    p = Path(path).resolve()
-    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=str(root), capture_output=True, text=True)
-    base = Path(top.stdout.strip()) if top.returncode == 0 and top.stdout.strip() else Path(root).resolve()
+def dep_name(path: str | Path, base: str | Path) -> str:
+    """A dependency as a tag-safe name: relative to ``base``, the git work tree (a stage of a nested project such as
+    examples/chat lists ../../rlhf/...; MLflow refuses keys with '..'); its file name when outside it."""
     try:
-        return p.relative_to(base.resolve()).as_posix()
+        return Path(path).resolve().relative_to(Path(base).resolve()).as_posix()
     except ValueError:
-        return p.name
+        return Path(path).name
 
 
 def dvc_hashes(stage: str, model_dir: str | Path, root: str | Path = ".") -> dict[str, str]:
@@ -83,7 +79,8 @@ def dvc_hashes(stage: str, model_dir: str | Path, root: str | Path = ".") -> dic
             from dvc.repo import Repo
             with Repo(str(root)) as repo:
                 (st,) = repo.stage.collect(stage)
-                tags = {f"lineage.dep.{dep_name(d.fs_path, root)}": str(d.get_hash().value) for d in st.deps
+                top = repo.scm.root_dir                  # the git work tree: one name space for nested projects
+                tags = {f"lineage.dep.{dep_name(d.fs_path, top)}": str(d.get_hash().value) for d in st.deps
                         if not isinstance(d, ParamsDependency) and d.exists}
                 for o in st.outs:
                     if Path(o.fs_path).resolve() == model_dir.resolve():

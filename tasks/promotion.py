@@ -81,7 +81,7 @@ def setting(ev: EvaluateConfig, gates: PromoteConfig, prompts_path: str | None =
             reference_path: str | None = None) -> Setting:
     """The measurement setting from the ``evaluate`` section's paths (each overridable)."""
     from rlhf.data import load_jsonl
-    from rlhf.evaluation import load_scorer
+    from rlhf.reward_scoring import load_scorer
     from rlhf.judges import load_judge
     prompts_path, corpus_path = prompts_path or ev.prompts, corpus_path or ev.corpus
     reference_path = reference_path or ev.sft_path

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlhf.chat import ROLES  # the roles rlhf/chat.py renders
+
 from .schema import RecordContext, RecordError, check_text, expect, get_field
 
-ROLES = ("system", "user", "assistant", "tool")   # the roles rlhf/chat.py renders
 
 
 def check_messages(value: Any, where: str, ctx: RecordContext) -> list[dict]:

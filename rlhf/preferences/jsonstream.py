@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+from rlhf.jsonl import RawRecord  # noqa: F401  (the record type of every reader; defined with the line reader)
 
 from .schema import MAX_RECORD_TEXT
 
@@ -28,16 +29,6 @@ _STRUCT = re.compile(r'["{}\[\],]')
 _STR_SPECIAL = re.compile(r'["\\]')
 _SURROGATE_ESCAPE = re.compile("[\udc80-\udcff]")
 TRUNCATED = "invalid JSON: unexpected end of file (truncated record)"
-
-
-@dataclass(frozen=True)
-class RawRecord:
-    """One record as read: ``value`` (None when ``error`` is set), start ``line``, raw ``text``."""
-
-    value: Any
-    line: int
-    text: str
-    error: str | None = None
 
 
 def _reject_constant(name: str) -> Any:

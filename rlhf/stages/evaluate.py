@@ -11,11 +11,12 @@ from rlhf import accel
 from rlhf.chat import render_prompt
 from rlhf.config import EvaluateConfig
 from rlhf.data import load_jsonl, write_jsonl
-from rlhf.evaluation import (Loaded, PolicyComparison, compare_policies, distinct_n, load_scorer,
-                             preference_accuracy, reward_model_accuracy, win_rate)
+from rlhf.evaluation import (Loaded, PolicyComparison, compare_policies, distinct_n, preference_accuracy,
+                             reward_model_accuracy, win_rate)
 from rlhf.judges import check_spec, load_judge
 from rlhf.limits import check_fits, check_sampling
 from rlhf.modeling import load_causal_lm, load_tokenizer
+from rlhf.reward_scoring import load_scorer
 from rlhf.stages.common import StageResult, seed_everything
 
 

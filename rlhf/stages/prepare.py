@@ -33,6 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from rlhf.chat import ROLES as CHAT_ROLES
 from rlhf.config import DataSource, PrepareConfig
 from rlhf.data import write_jsonl
 from rlhf.sources import Keys, Record, check_source, describe, iter_records
@@ -40,7 +41,7 @@ from rlhf.stages.common import StageResult
 
 INPUTS = ("corpus", "sft", "prompts")
 PROMPT_SPLITS = ("annotate", "ppo", "eval")
-ROLES = ("system", "user", "assistant")
+ROLES = tuple(r for r in CHAT_ROLES if r != "tool")        # demonstrations: no tool turns
 MAX_RECORD_TEXT = 2000
 
 Check = Callable[[Any], "tuple[dict | None, str | None]"]   # record -> (row to write, None) or (None, reason)
