@@ -32,9 +32,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-# The demo's raw data, generated deterministically (same bytes, same DVC hash as data.dvc on any machine).
+# The demo's raw data, generated deterministically (same bytes, same DVC hash as data.dvc on any machine), then
+# committed to the DVC cache (data.dvc unchanged), so `dvc status` is clean and `dvc checkout` can restore it.
 data: venv
 	$(VENV)/bin/rlhf demo-data data --skip-if-current
+	$(VENV)/bin/dvc commit -q -f data.dvc
 
 pipeline: data
 	$(VENV)/bin/rlhf run

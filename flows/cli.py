@@ -14,6 +14,14 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABL
 
 
 def cmd_run(args) -> int:
+    from tasks import shutdown
+    from tasks.lock import project_lock
+    shutdown.install()                             # SIGTERM / SIGINT: stop within seconds, nothing left running
+    with project_lock("rlhf run"):                 # before anything starts: a second run fails at once
+        return _run(args)
+
+
+def _run(args) -> int:
     from tasks import prefect_server
     server = prefect_server.start_if_needed()      # boots in its own process while the flow's imports load
     from flows.pipeline import rlhf_pipeline
@@ -36,7 +44,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_stage(args) -> int:
+    from tasks import shutdown
     from tasks.stage import run_stage
+    shutdown.install()
     metrics = run_stage(args.name, args.params)[0].metrics
     print(json.dumps(metrics, indent=1, default=str))
     return 0

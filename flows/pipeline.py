@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 
 from flows.promote import promote, summary
 from tasks.graph import all_stale_reasons, commit_and_status, configure, stage_order
+from tasks.lock import project_lock
 from tasks.stage import stage_task
 from tasks.tracking import PARENT_ENV, log_stage_seconds, pipeline_run, tag_stages_run
 
@@ -20,6 +21,11 @@ class StageFailed(RuntimeError):
 @flow(name="rlhf_pipeline")
 def rlhf_pipeline(params_path: str = "params.yaml", force: bool = False) -> dict:
     """Run every stale stage (all of them with ``force``); returns {stage: metrics or "skipped"}."""
+    with project_lock("rlhf run"):              # already held when `rlhf run` started this flow (re-entrant)
+        return _pipeline(params_path, force)
+
+
+def _pipeline(params_path: str, force: bool) -> dict:
     log = get_run_logger()
     configure()
     order = stage_order()

@@ -10,6 +10,7 @@ the previous one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict
 
@@ -17,6 +18,7 @@ from prefect import flow
 
 from rlhf.config import PromoteConfig, load_params
 from tasks.promotion import judge_policy, judge_reward, log_decisions, pending, setting
+from tasks.lock import project_lock
 from tasks.registry import POLICY_NAME, REWARD_NAME, connect, rollback
 from tasks.tracking import setup_tracking
 
@@ -32,6 +34,12 @@ def promote(params_path: str = "params.yaml", gates: PromoteConfig | None = None
     record as JSON."""
     cfg = load_params(params_path)
     g = gates or cfg.promote
+    with contextlib.nullcontext() if dry_run else project_lock("rlhf promote"):
+        return _promote(cfg, g, prompts_path, corpus_path, reference_path, dry_run, force, report_path)
+
+
+def _promote(cfg, g: PromoteConfig, prompts_path, corpus_path, reference_path, dry_run: bool, force: bool,
+             report_path: str | None) -> dict:
     connect()
     setup_tracking()
     rm, pol = pending(REWARD_NAME, force), pending(POLICY_NAME, force)
@@ -65,8 +73,9 @@ def promote_flow(params_path: str = "params.yaml", dry_run: bool = False, force:
 @flow(name="rollback")
 def rollback_flow(model: str = POLICY_NAME) -> dict:
     """Point ``champion`` of ``model`` back at the previous champion."""
-    connect()
-    return rollback(model)
+    with project_lock("rlhf rollback"):
+        connect()
+        return rollback(model)
 
 
 def summary(result: dict) -> str:

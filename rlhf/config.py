@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from rlhf.config_rules import range_problem
 
 
 class ConfigError(ValueError):
@@ -19,6 +20,19 @@ class ConfigError(ValueError):
 def check_rule(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
+
+
+class FieldError(ConfigError):
+    """A numeric key outside its range; the message starts with the key, so the loader joins the section path to
+    it with a dot (``ppo.sampling.max_new_tokens must be in [1, 1_000_000], got 0``)."""
+
+
+def check_ranges(cfg: Any, rules: Optional[dict] = None) -> None:
+    """Every numeric field of ``cfg`` within its rule (rlhf/config_rules.py RANGES, or ``rules`` for a stage
+    module's own Config); called first in __post_init__, before cross-field rules divide by any of them."""
+    problem = range_problem(cfg, rules)
+    if problem:
+        raise FieldError(problem)
 
 
 @dataclass(frozen=True)
@@ -34,14 +48,13 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     max_length: int = 64                # tokens per sequence; longer ones are truncated on the left of the prompt
     log_every: int = 10
-    checkpoint_every: int = 0           # optimiser steps between checkpoints; 0 = none
+    checkpoint_every: int = 50          # optimiser steps between checkpoints; 0 = none. Sized so a save is <1% of the
+                                        # interval (~8 s of demo SFT/reward steps; docs/operations.md); pretrain: 100
 
     def __post_init__(self) -> None:
-        check_rule(self.epochs > 0, "epochs must be > 0")
+        check_ranges(self)
         check_rule(self.batch_size % self.grad_accum == 0, f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
         check_rule(self.lr_schedule in ("constant", "linear", "cosine"), f"lr_schedule must be constant|linear|cosine, not {self.lr_schedule!r}")
-        check_rule(0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)")
-        check_rule(self.max_length >= 8, "max_length must be >= 8")
 
 
 @dataclass(frozen=True)
@@ -68,8 +81,7 @@ class LoRAConfig:
     target_modules: tuple[str, ...] = ()  # module names to adapt; empty = peft's default for the architecture
 
     def __post_init__(self) -> None:
-        check_rule(self.r >= 0, "r must be >= 0")
-        check_rule(0 <= self.dropout < 1, "dropout must be in [0, 1)")
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -116,8 +128,7 @@ class PrepareConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_rule(0 < self.val_fraction < 0.5, "val_fraction must be in (0, 0.5)")
-        check_rule(0 < self.eval_fraction < 1, "eval_fraction must be in (0, 1)")
+        check_ranges(self)
         check_rule(self.use_corpus or not self.corpus.is_set, "corpus is set but use_corpus is false: drop one")
 
 
@@ -125,6 +136,9 @@ class PrepareConfig:
 class TokenizerConfig:
     vocab_size: int = 1024
     min_frequency: int = 2
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -136,6 +150,7 @@ class ModelConfig:
     n_positions: int = 64
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         check_rule(self.n_embd % self.n_head == 0, f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
 
@@ -146,9 +161,12 @@ class PretrainConfig:
     out_dir: str = "artifacts/models/base"
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6.0, lr=2e-3))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6.0, lr=2e-3, checkpoint_every=100))
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -164,6 +182,9 @@ class SFTConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -173,9 +194,7 @@ class SamplingConfig:
     max_prompt_tokens: int = 32         # a longer rendered prompt keeps its end (the part the response continues)
 
     def __post_init__(self) -> None:
-        check_rule(self.temperature > 0, "temperature must be > 0")
-        check_rule(self.max_new_tokens >= 1, "max_new_tokens must be >= 1")
-        check_rule(self.max_prompt_tokens >= 1, "max_prompt_tokens must be >= 1")
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -190,7 +209,7 @@ class CollectConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_rule(self.k >= 2, "k must be >= 2 (a ranking needs at least two responses)")
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -203,6 +222,10 @@ class AnnotateConfig:
     noise: float = 0.15
     overlap: float = 0.2
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        check_rule(self.overlap == 0 or self.n_annotators >= 2, "overlap > 0 needs n_annotators >= 2")
 
 
 @dataclass(frozen=True)
@@ -221,19 +244,19 @@ class PreferencesConfig:
     initial_rating: float = 1000.0      # Elo rating of an unseen response
     elo_rounds: int = 1                 # passes over the comparisons for Elo
     ranker_key: Optional[str] = None    # Label Studio Ranker: the value.ranker key holding the order (None: the first)
+    max_responses: int = 16             # responses one record may rank (more: a reject); pairs per record <= K(K-1)/2
+    max_depth: int = 64                 # nesting of arrays/objects in one record (deeper: a reject)
+    max_record_bytes: int = 4194304     # longest JSON Lines line or JSON array element, bytes (longer: a reject)
+    refs_dir: str = ""                  # Label Studio file references are read from this folder only; "" = refused
     val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         check_rule(len(self.inputs) > 0 or self.dataset.is_set, "inputs must name at least one annotation export "
                "(or set dataset)")
         DataSource.check_columns(self.columns)
-        check_rule(0 <= self.max_reject_share <= 1, "max_reject_share must be in [0, 1]")
-        check_rule(self.max_field_chars >= 1, "max_field_chars must be >= 1")
         check_rule(len(self.rating_scale) == 2 and self.rating_scale[0] < self.rating_scale[1],
                "rating_scale must be [low, high] with low < high")
-        check_rule(self.k_factor > 0, "k_factor must be > 0")
-        check_rule(self.elo_rounds >= 1, "elo_rounds must be >= 1")
-        check_rule(0 < self.val_fraction < 0.5, "val_fraction must be in (0, 0.5)")
 
 
 @dataclass(frozen=True)
@@ -253,6 +276,7 @@ class RewardConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         check_rule(self.loss in ("pairwise", "elo"), f"loss must be 'pairwise' or 'elo', not {self.loss!r}")
 
 
@@ -289,10 +313,12 @@ class PPOConfig:
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)   # on the policy; the reference = adapter disabled
     log_every: int = 1
-    checkpoint_every: int = 0           # PPO iterations between checkpoints; 0 = none
+    checkpoint_every: int = 10          # PPO iterations between checkpoints; 0 = none. ~10 s of the demo's ~1 s
+                                        # iterations, a save 0.05 s (docs/operations.md)
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         check_rule(self.rollout_batch_size % self.num_mini_batches == 0,
                f"rollout_batch_size ({self.rollout_batch_size}) must be divisible by num_mini_batches ({self.num_mini_batches})")
         check_rule((self.rollout_batch_size // self.num_mini_batches) % self.grad_accum == 0,
@@ -300,13 +326,10 @@ class PPOConfig:
         check_rule(self.total_episodes >= self.rollout_batch_size, "total_episodes must be >= rollout_batch_size")
         check_rule(self.kl_estimator in ("k1", "k2", "k3"), f"kl_estimator must be k1, k2 or k3, not {self.kl_estimator!r}")
         check_rule(self.value_model in ("shared", "separate"), f"value_model must be shared|separate, not {self.value_model!r}")
-        check_rule(self.critic_train_layers >= -1, "critic_train_layers must be >= -1 (-1 = every layer trains)")
         check_rule(0 <= self.value_epochs <= self.ppo_epochs, f"value_epochs must be in [0, ppo_epochs={self.ppo_epochs}]")
         check_rule(self.critic_train_layers == -1 or self.lora.r == 0,
                "critic_train_layers applies to full fine-tuning; with lora.r > 0 the critic trains LoRA adapters")
         check_rule(self.lr_schedule in ("constant", "linear", "cosine"), "lr_schedule must be constant|linear|cosine")
-        check_rule(0 < self.cliprange < 1, "cliprange must be in (0, 1)")
-        check_rule(0 < self.lam <= 1 and 0 < self.gamma <= 1, "gamma and lam must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -330,7 +353,7 @@ class EvaluateConfig:
     seed: int = 1234
 
     def __post_init__(self) -> None:
-        check_rule(self.max_prompts >= 1 and self.rm_pairs_k >= 2, "max_prompts must be >= 1 and rm_pairs_k >= 2")
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -349,7 +372,7 @@ class PromoteConfig:
     seed: int = 4321
 
     def __post_init__(self) -> None:
-        check_rule(self.max_prompts >= 1 and self.rm_pairs_k >= 2, "max_prompts must be >= 1 and rm_pairs_k >= 2")
+        check_ranges(self)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -12,7 +13,32 @@ from typing import Any
 
 import yaml
 
-from rlhf.config import ConfigError, PipelineConfig, check_rule
+# A decimal number written as text: YAML 1.1 (PyYAML) reads ``1e-4`` and ``1E+3`` (no dot) as strings. No nan, inf,
+# underscores or spaces, which float() would also take.
+NUMBER_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _as_float(value: Any, key: str) -> float:
+    """A float key's value: a number (not a bool), or a string that is a decimal number (``"1e-4"``). Range and
+    finiteness are the dataclass's rules (rlhf/config_rules.py)."""
+    if isinstance(value, str) and NUMBER_TEXT.fullmatch(value):
+        return float(value)
+    check_rule(isinstance(value, (int, float)) and not isinstance(value, bool), f"{key}: expected a number, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ConfigError(f"{key}: expected a finite number, got an integer of {len(str(value))} digits") from None
+
+
+def _as_int(value: Any, key: str) -> int:
+    """An int key's value: an integer literal only. ``1e3``, ``1000.0`` and ``2.5`` are refused (a float is never
+    rounded into a count); a whole number written so gets a hint with the integer to write."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    written = isinstance(value, float) or (isinstance(value, str) and NUMBER_TEXT.fullmatch(value))
+    number = float(value) if written else None
+    hint = f" (write it as {int(number)})" if number is not None and number.is_integer() else ""
+    raise ConfigError(f"{key}: expected an integer, got {value!r}{hint}")
 
 
 def _coerce(tp: Any, value: Any, key: str, base: Any = None) -> Any:
@@ -32,11 +58,9 @@ def _coerce(tp: Any, value: Any, key: str, base: Any = None) -> Any:
         check_rule(isinstance(value, (list, tuple)), f"{key}: expected a list, got {type(value).__name__}")
         return tuple(_coerce(typing.get_args(tp)[0], v, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is float:
-        check_rule(isinstance(value, (int, float)) and not isinstance(value, bool), f"{key}: expected a number, got {value!r}")
-        return float(value)
+        return _as_float(value, key)
     if tp is int:
-        check_rule(isinstance(value, int) and not isinstance(value, bool), f"{key}: expected an integer, got {value!r}")
-        return value
+        return _as_int(value, key)
     if tp is bool:
         check_rule(isinstance(value, bool), f"{key}: expected true or false, got {value!r}")
         return value
@@ -73,6 +97,8 @@ def from_dict(cls: type, data: Any, prefix: str = "", base: Any = None) -> Any:
         kwargs[key] = _coerce(hints[key], value, path, nested if dataclasses.is_dataclass(nested) else None)
     try:
         return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+    except FieldError as e:                      # "lr must be > 0 ..." -> "sft.train.lr must be > 0 ..."
+        raise FieldError(f"{prefix}.{e}" if prefix else str(e)) from None
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
 
@@ -126,3 +152,7 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
             out[key] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
     return out
 
+
+# Last, so that either module can be imported first: rlhf/config.py re-exports this module's functions on its last
+# line, and the names below are only used when a function runs.
+from rlhf.config import ConfigError, FieldError, PipelineConfig, check_rule  # noqa: E402

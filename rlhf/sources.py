@@ -43,7 +43,7 @@ from typing import Any, Iterable, Iterator
 from rlhf.config import DataSource
 from rlhf.hub import hub_reachable, offline_var
 from rlhf.jsonl import RawRecord as Record
-from rlhf.jsonl import iter_lines
+from rlhf.jsonl import iter_lines, nested_reason, too_deep, value_too_deep
 
 LINE_SUFFIXES = (".jsonl", ".ndjson")
 TABULAR_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow"}
@@ -98,8 +98,11 @@ def check_source(source: DataSource, keys: Keys) -> None:
                           f"or a save_to_disk folder)")
 
 
-def iter_records(source: DataSource, keys: Keys, columns: dict[str, str] | None = None) -> Iterator[Record]:
-    """Every record of ``source`` (module docstring), renamed by ``columns`` (default: ``source.columns``)."""
+def iter_records(source: DataSource, keys: Keys, columns: dict[str, str] | None = None,
+                 max_depth: int | None = None) -> Iterator[Record]:
+    """Every record of ``source`` (module docstring), renamed by ``columns`` (default: ``source.columns``).
+    ``max_depth``: a row of a table nested deeper (a CSV cell counted before it is parsed) is an error record
+    "nested deeper than N levels"; JSON files are bounded by their reader (rlhf/preferences/jsonstream.py)."""
     check_source(source, keys)
     columns = dict(source.columns if columns is None else columns)
     path = Path(source.path)
@@ -110,7 +113,19 @@ def iter_records(source: DataSource, keys: Keys, columns: dict[str, str] | None 
     is_csv = path.suffix.lower() == ".csv"
     check_columns(columns, list(ds.column_names), keys.columns, describe(source))
     for record in renamed(_rows(ds), columns, keys.columns, describe(source), fixed=True):
-        yield replace(record, value=parse_json_cells(record.value)) if is_csv and record.error is None else record
+        yield _checked_row(record, is_csv, max_depth) if record.error is None else record
+
+
+def _checked_row(record: Record, is_csv: bool, max_depth: int | None) -> Record:
+    """A row with its CSV cells parsed, or an error record when it nests deeper than ``max_depth`` (None: no bound;
+    a row is level 1, so a cell's array is level 2)."""
+    if is_csv and max_depth is not None and isinstance(record.value, dict) and any(
+            _json_cell(col, cell) and too_deep(cell, max_depth - 1) for col, cell in record.value.items()):
+        return replace(record, value=None, error=nested_reason(max_depth))
+    value = parse_json_cells(record.value) if is_csv else record.value
+    if max_depth is not None and value_too_deep(value, max_depth):
+        return replace(record, value=None, error=nested_reason(max_depth))
+    return replace(record, value=value)
 
 
 def load_records(source: DataSource, key: str) -> list[dict]:
@@ -166,18 +181,22 @@ def parse_json_cells(value: Any) -> Any:
         return value
     out = dict(value)
     for col, cell in value.items():
-        if col not in LIST_COLUMNS and col not in CONVERSATION_COLUMNS:
-            continue
-        if not (isinstance(cell, str) and cell.lstrip().startswith("[")):
+        if not _json_cell(col, cell):
             continue
         try:
             parsed = json.loads(cell)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue                                       # stays text: the stage's validation names the problem
         if col in LIST_COLUMNS or (isinstance(parsed, list) and parsed
                                    and all(isinstance(m, dict) and "role" in m for m in parsed)):
             out[col] = parsed
     return out
+
+
+def _json_cell(col: str, cell: Any) -> bool:
+    """A CSV cell that ``parse_json_cells`` parses: text starting with '[' in a list or conversation column."""
+    return (col in LIST_COLUMNS or col in CONVERSATION_COLUMNS) and isinstance(cell, str) \
+        and cell.lstrip().startswith("[")
 
 
 # ---- JSON files ---------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ command, ``prefect server start`` (API only: no UI, no background services), as 
 overlaps the imports on another core; the flow then runs against it through ``temporary_settings(PREFECT_API_URL=
 ...)``. It is stopped at interpreter exit: the atexit handler is registered before Prefect's, so it runs after
 Prefect has flushed its logs and events (the interpreter drains Prefect's worker threads before any atexit handler).
-With ``PREFECT_API_URL`` set, or ephemeral mode off, nothing is started and the configured server is used.
+With ``PREFECT_API_URL`` set, or ephemeral mode off, nothing is started and the configured server is used. The
+server never outlives the run: it runs in its own session and dies with its parent (tasks/shutdown.py).
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tasks import shutdown
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -32,6 +35,22 @@ def _prefect_command() -> list[str]:
     """The `prefect` console script of this interpreter's environment (else the one on PATH)."""
     beside = Path(sys.executable).parent / "prefect"
     return [str(beside)] if beside.exists() else [shutil.which("prefect") or "prefect"]
+
+
+def _die_with_parent(parent: int):
+    """For Popen's preexec_fn (Linux): the child gets SIGTERM when ``parent`` dies, even by SIGKILL
+    (prctl PR_SET_PDEATHSIG), so a killed run never leaves its server behind. A no-op where prctl is missing."""
+    def arm() -> None:
+        import ctypes
+        import signal
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM)                # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:                      # the parent died before the prctl: go now
+            os.kill(os.getpid(), signal.SIGTERM)
+    return arm if sys.platform.startswith("linux") else None
 
 
 class LocalServer:
@@ -47,9 +66,13 @@ class LocalServer:
         process = subprocess.Popen(
             [*_prefect_command(), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui",
              "--no-services", "--analytics-off", "--log-level", "ERROR", "--no-background"],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            # Its own session: a Ctrl-C to the terminal's process group does not stop it under the run still
+            # reporting to it; the run stops it (atexit), or the kernel does when the run dies (_die_with_parent).
+            start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
         server = cls(port, process)
         atexit.register(server.stop)        # registered before Prefect's own exit handlers, so it runs after them
+        shutdown.on_hard_exit(server.kill)  # a forced exit (tasks/shutdown.py) skips atexit
         return server
 
     def wait(self, timeout: float = 120.0) -> None:
@@ -66,6 +89,15 @@ class LocalServer:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"the temporary Prefect server on port {self.port} did not answer within {timeout:.0f} s")
+
+    def kill(self) -> None:
+        """Stop it now, without flushing logs (a forced exit)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
 
     def stop(self) -> None:
         if self.process.poll() is None:

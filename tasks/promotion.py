@@ -197,18 +197,30 @@ def judge_policy(s: Setting, g: PromoteConfig, reward: dict, pend: Pending) -> d
 
 
 def record(report: dict, run_id: str | None) -> None:
-    """Move ``champion`` when promoted, then tag the challenger version (promotion.decision, .reason, .run_id,
-    .baseline, .at and every metric)."""
+    """Write one decision to the registry, in the order that leaves a consistent registry after a failure at any
+    step: re-read the champion (refuse when it moved since it was measured), move ``champion`` when promoted, tag the
+    challenger (.reason, .run_id, .baseline, .at and every metric), and write ``promotion.decision`` last: a
+    version counts as decided (``pending`` skips it) only once everything else is in place."""
     client, name, v = MlflowClient(), report["model"], report["challenger"]
-    tags = {"promotion.decision": report["decision"], "promotion.reason": report["reason"][:4900],
-            "promotion.baseline": report["baseline"], "promotion.run_id": run_id or "",
-            "promotion.at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    tags.update({f"promotion.{k}": f"{x:.6g}" if isinstance(x, float) else str(x)
-                 for k, x in report["metrics"].items() if isinstance(x, (int, float, str))})
-    for k, x in tags.items():
-        client.set_model_version_tag(name, v, k, x)
+    now = version_by_alias(name, CHAMPION)
+    now_v = str(now.version) if now is not None else None
+    if now_v != report.get("champion_before") and now_v != str(v):
+        raise RegistryError(f"{name}: champion moved from {_v(report.get('champion_before'))} to {_v(now_v)} while "
+                            f"v{v} was measured against it; nothing recorded: run the promotion again")
     if report["decision"] == "promoted":
         set_champion(name, v)
+    tags = {"promotion.reason": report["reason"][:4900], "promotion.baseline": report["baseline"],
+            "promotion.run_id": run_id or "", "promotion.at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    tags.update({f"promotion.{k}": f"{x:.6g}" if isinstance(x, float) else str(x)
+                 for k, x in report["metrics"].items() if isinstance(x, (int, float, str))})
+    tags.pop("promotion.decision", None)
+    tags["promotion.decision"] = report["decision"]           # last (dicts keep insertion order)
+    for k, x in tags.items():
+        client.set_model_version_tag(name, v, k, x)
+
+
+def _v(version) -> str:
+    return f"v{version}" if version else "none"
 
 
 def log_decisions(reports: dict[str, dict], gates: PromoteConfig) -> str:

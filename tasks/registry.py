@@ -240,7 +240,9 @@ def set_champion(name: str, version: str) -> str | None:
     if previous == str(version):
         return previous
     if previous:
-        _set_history(name, history(name) + [previous])
+        stack = history(name)
+        if not stack or stack[-1] != previous:     # a retry after a failure below does not push it twice
+            _set_history(name, stack + [previous])
     MlflowClient().set_registered_model_alias(name, CHAMPION, str(version))
     return previous
 

@@ -17,6 +17,7 @@ from rlhf.stages.common import StageResult
 from tasks.figures import log_figures
 from tasks.graph import declared_stages
 from tasks.lineage import log_lineage
+from tasks.lock import project_lock
 from tasks.registry import POLICY_NAME, REWARD_NAME, log_and_register
 from tasks.tracking import StageLogger, stage_run, write_metrics, write_plots
 
@@ -36,7 +37,11 @@ def run_stage(stage: str, params_path: str = "params.yaml") -> tuple[StageResult
         known = ", ".join(declared_stages()) if Path("dvc.yaml").is_file() else "see rlhf/stages/"
         raise ValueError(f"unknown stage {stage!r} (stages: {known})")
     cfg = load_params(params_path).section(stage)
-    module = importlib.import_module(f"rlhf.stages.{stage}")
+    with project_lock(f"rlhf stage {stage}"):
+        return _run(stage, cfg, importlib.import_module(f"rlhf.stages.{stage}"))
+
+
+def _run(stage: str, cfg, module) -> tuple[StageResult, str]:
     if not is_main_process():
         # Another rank of a torchrun / accelerate launch: compute only; rank 0 tracks, writes and registers.
         return module.run(cfg, None), ""

@@ -46,6 +46,14 @@ def register(subparsers) -> None:
                    help=f"passes over the comparisons for Elo (default: {d.elo_rounds})")
     p.add_argument("--ranker-key", default=d.ranker_key, metavar="KEY",
                    help="Label Studio Ranker: the value.ranker key holding the order (default: the first)")
+    p.add_argument("--max-responses", type=_int_in(2, 1024), default=d.max_responses, metavar="N",
+                   help=f"a record ranking more responses is rejected (default: {d.max_responses})")
+    p.add_argument("--max-depth", type=_int_in(2, 256), default=d.max_depth, metavar="N",
+                   help=f"a record nested deeper is rejected (default: {d.max_depth})")
+    p.add_argument("--max-record-bytes", type=_int_in(1, 2**30), default=d.max_record_bytes, metavar="N",
+                   help=f"a longer JSON line or array element is rejected (default: {d.max_record_bytes})")
+    p.add_argument("--refs-dir", default=d.refs_dir or None, metavar="DIR",
+                   help="read Label Studio file references from this folder only (default: references refused)")
     p.add_argument("--log-mlflow", action="store_true",
                    help="log the summary metrics and the datasets (hash, counts) to MLflow "
                         "(MLFLOW_TRACKING_URI, else ./mlflow.db)")
@@ -87,6 +95,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _int_in(low: int, high: int):
+    def parse(text: str) -> int:
+        value = _positive_int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {text}")
+        return value
+    return parse
+
+
 def _error(message: str) -> int:
     print(f"rlhf ingest: error: {message}", file=sys.stderr)
     return EXIT_ERROR
@@ -111,7 +128,9 @@ def cmd_ingest(args) -> int:
         summary = ingest(args.paths, out, format=args.format, max_reject_share=args.max_reject_share,
                          max_field_chars=args.max_field_chars, rating_scale=(lo, hi), k_factor=args.k_factor,
                          initial_rating=args.initial_rating, elo_rounds=args.elo_rounds,
-                         ranker_key=args.ranker_key, on_progress=lambda n: progress(n)).to_dict()
+                         ranker_key=args.ranker_key, max_responses=args.max_responses, max_depth=args.max_depth,
+                         max_record_bytes=args.max_record_bytes, refs_dir=args.refs_dir,
+                         on_progress=lambda n: progress(n)).to_dict()
     except RejectLimitExceeded as e:       # raised after every output is written: report them, then fail
         over_limit = e
         summary = _load_summary(out)
@@ -131,7 +150,9 @@ def cmd_ingest(args) -> int:
                        "max_reject_share": args.max_reject_share, "max_field_chars": args.max_field_chars,
                        "rating_scale": f"{lo:g} {hi:g}", "k_factor": args.k_factor,
                        "initial_rating": args.initial_rating, "elo_rounds": args.elo_rounds,
-                       "ranker_key": args.ranker_key}
+                       "ranker_key": args.ranker_key, "max_responses": args.max_responses,
+                       "max_depth": args.max_depth, "max_record_bytes": args.max_record_bytes,
+                       "refs_dir": args.refs_dir}
             run_id, uri = log_ingest_run(options, summary, failed=over_limit is not None)
         except Exception as e:  # noqa: BLE001 - the store's own errors vary; one line, not a traceback
             return _error(f"MLflow logging failed ({type(e).__name__}: {str(e).splitlines()[0][:300]})")

@@ -19,6 +19,11 @@ name the precise problem). Detection rules, in order, on an object's keys:
 
 When no record matches, every record is rejected "unrecognised record". Every yielded item is one
 input record: a Ranking (accepted so far) or a Reject.
+
+Bounds (``ReaderConfig``): a JSON record over ``max_record_bytes`` or nested deeper than ``max_depth`` is rejected
+by ``jsonstream`` before it is parsed, a table row nested deeper by ``rlhf.sources``; an accepted record whose
+prompt or kept fields (``meta``) hold a NaN or an infinity (a table's float column) is rejected "number out of
+range", so nothing non-finite is written.
 """
 from __future__ import annotations
 
@@ -26,11 +31,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rlhf.config import DataSource
+from rlhf.jsonl import non_finite
 from rlhf.sources import TABULAR_SUFFIXES, Keys, SourceError, describe, iter_records, renamed
 
 from . import read_hh, read_jsonmin, read_kwise, read_labelstudio, read_pairwise, read_ratings, read_scored
 from .convert import fingerprint
-from .jsonstream import RawRecord, iter_json_array, iter_jsonl, sniff_container
+from .jsonstream import Limits, RawRecord, iter_json_array, iter_jsonl, sniff_container
 from .schema import MAX_RECORD_TEXT, IngestError, Ranking, ReaderConfig, RecordContext, RecordError, Reject, type_name
 
 MAX_PENDING = 1000
@@ -98,7 +104,7 @@ class FileReader:
         self.columns = dict(columns or {})
         self.keys = keys
         self.format: str | None = None if normalise_format(format) == "auto" else normalise_format(format)
-        self._base_dir = self.path.parent
+        self.limits = Limits(max_record_bytes=cfg.max_record_bytes, max_depth=cfg.max_depth)
 
     def __iter__(self) -> Iterator[Ranking | Reject]:
         raws = self._raw_records()
@@ -122,11 +128,13 @@ class FileReader:
         yield from self._unrecognised(pending)
 
     def _raw_records(self) -> Iterator[RawRecord]:
-        """Stream raw records: JSON here, anything else through rlhf/sources.py (IngestError if unreadable)."""
-        if self.data_source is not None or self.path.is_dir() or self.path.suffix.lower() in TABULAR_SUFFIXES:
+        """Stream raw records: JSON files here (a dataset's too), anything else through rlhf/sources.py (IngestError
+        if unreadable)."""
+        hub = self.data_source is not None and bool(self.data_source.name)
+        if hub or self.path.is_dir() or self.path.suffix.lower() in TABULAR_SUFFIXES:
             source = self.data_source or DataSource(path=str(self.path))
             try:
-                yield from iter_records(source, self.keys, self.columns)
+                yield from iter_records(source, self.keys, self.columns, max_depth=self.cfg.max_depth)
             except SourceError as exc:
                 raise IngestError(str(exc)) from None
             return
@@ -145,14 +153,14 @@ class FileReader:
             raise IngestError(f"{self.source}: cannot read: {exc.strerror or exc}") from None
         try:
             if container == "array":
-                yield from iter_json_array(self.path)
+                yield from iter_json_array(self.path, limits=self.limits)
             else:
-                yield from iter_jsonl(self.path)
+                yield from iter_jsonl(self.path, self.limits)
         except OSError as exc:
             raise IngestError(f"{self.source}: read error: {exc.strerror or exc}") from None
 
     def _parse(self, raw: RawRecord) -> Iterator[Ranking | Reject]:
-        ctx = RecordContext(self.source, raw.line, raw.text, self.cfg, self._base_dir)
+        ctx = RecordContext(self.source, raw.line, raw.text, self.cfg)
         if self.format == "labelstudio":
             items = read_labelstudio.records(raw.value, ctx)
         else:
@@ -161,10 +169,18 @@ class FileReader:
             except RecordError as exc:
                 items = [ctx.reject(str(exc))]
         for item in items:
-            yield self._dedupe(item, ctx)
+            yield self._finish(item, ctx)
 
-    def _dedupe(self, item: Ranking | Reject, ctx: RecordContext) -> Ranking | Reject:
-        if self.seen is None or isinstance(item, Reject):
+    def _finish(self, item: Ranking | Reject, ctx: RecordContext) -> Ranking | Reject:
+        """The last checks of an accepted ranking: finite numbers only (its prompt and meta are written as they
+        are), and not a judgement seen before."""
+        if isinstance(item, Reject):
+            return item
+        found = non_finite([item.prompt, item.meta])          # written as is: it must be standard JSON
+        if found is not None:
+            path = found[0].split("]", 1)[1].lstrip(".")       # "[1].x" -> "x" (meta is the record's kept fields)
+            return ctx.reject(f"number out of range: {found[1]!r} in '{path}'")
+        if self.seen is None:
             return item
         key = fingerprint(item)
         if key in self.seen:

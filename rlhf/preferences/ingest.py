@@ -1,8 +1,9 @@
 """The ingest driver: annotation exports in, reward-model training data out, nothing lost.
 
 ``ingest(paths, out_dir, ...)`` reads every file (``detect.FileReader``), drops exact duplicates, merges
-annotators per item (``merge``), derives pairs (``convert``) and Elo scores (``elo``), and writes, each
-file atomically (temp file in ``out_dir`` + ``os.replace``):
+annotators per item (``merge``), derives pairs (``convert``) and Elo scores (``elo``), and writes, all or nothing
+(``outputs.OutputSet``: temp files in ``out_dir``, renamed into place together once all are complete; a failure
+leaves the previous outputs as they were):
 
 ``rankings.jsonl``  one merged item per line:
                     {"item_id", "prompt", "responses", "ranks", "n_annotators", "meta"}
@@ -11,6 +12,7 @@ file atomically (temp file in ``out_dir`` + ``os.replace``):
 ``elo.jsonl``       {"group", "prompt", "response", "elo", "score"} from all accepted annotations
 ``rejects.jsonl``   {"source", "line", "reason", "record"} (record = raw text, at most 2000 chars)
 ``summary.json``    ``IngestSummary.to_dict()``
+``<extra>.jsonl``   rankings rows chosen by ``extra_outputs`` (the preferences stage's train / held-out split)
 
 A record is one annotation: a JSONL line, a JSON-MIN element, a row of a CSV, Parquet or Arrow input or of a
 hub dataset (``line`` = its row number, from 1), or one annotation of a full Label Studio task (a task without
@@ -18,20 +20,20 @@ annotations is one record). ``read == accepted + rejected`` always holds.
 
 ``prompt`` in rankings, pairs and Elo rows is text, or a list of ``{"role", "content"}`` messages for a
 conversational record (``conversation``); responses are always text.
+
+Hostile input is bounded per record, each bound a reject with its reason (docs/preferences.md, "Limits"):
+``max_record_bytes`` (a line or array element), ``max_depth`` (nesting), ``max_responses`` (and so at most
+K(K-1)/2 pairs per record), finite numbers only, and file references only from ``refs_dir`` (off by default).
 """
 from __future__ import annotations
 
-import json
 import re
-import os
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from rlhf.config import DataSource, PreferencesConfig
-from rlhf.jsonl import json_line
 from rlhf.sources import Keys, SourceError, check_source
 
 from .convert import group_by_item, ranking_to_pairs
@@ -39,10 +41,10 @@ from .detect import FileReader, normalise_format
 from .elo import elo_from_groups
 from .inputs import INPUT_SUFFIXES, expand_paths, is_saved_dataset  # noqa: F401  (re-exported)
 from .merge import Agreement, merge_item, agreement as measure_agreement
+from .outputs import OutputSet, TempFile
 from .schema import IngestError, Ranking, ReaderConfig, Reject, RejectLimitExceeded
 
 PROGRESS_EVERY = 1000
-FILE_MODE = 0o644  # mkstemp creates 0600; outputs are ordinary data files
 
 
 @dataclass
@@ -64,65 +66,10 @@ class IngestSummary:
     per_file: list[dict] = field(default_factory=list)
     out_dir: str = ""
     rejects_path: str = ""
+    outputs: dict[str, int] = field(default_factory=dict)   # rows written per JSON Lines file
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class _AtomicJsonl:
-    """Write JSON lines to a temp file in the target folder; ``commit`` renames it into place."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.chmod(self.tmp, FILE_MODE)
-        # backslashreplace keeps a lone surrogate inside a JSON string as a valid \udXXX escape
-        self.fh: IO[str] = os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace", newline="\n")
-        self.count = 0
-
-    def write(self, obj: dict) -> None:
-        self.fh.write(json_line(obj) + "\n")
-        self.count += 1
-
-    def commit(self) -> None:
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
-        os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        if not self.fh.closed:
-            self.fh.close()
-        if os.path.exists(self.tmp):
-            os.unlink(self.tmp)
-
-
-def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
-    """Atomically write ``rows`` as JSON lines; returns the number written."""
-    out = _AtomicJsonl(path)
-    try:
-        for row in rows:
-            out.write(row)
-        out.commit()
-    finally:
-        out.discard()
-    return out.count
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Atomically write one pretty-printed JSON document."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, FILE_MODE)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @dataclass
@@ -135,7 +82,7 @@ class _Tally:
 
 
 def _read_all(inputs: list[Path | DataSource], cfg: ReaderConfig, format: str, columns: dict[str, str],
-              rejects: _AtomicJsonl, on_progress: Callable[[int], None] | None) -> _Tally:
+              rejects: TempFile, on_progress: Callable[[int], None] | None) -> _Tally:
     """Read every input (a path, or the dataset: a DataSource with its own columns): accepted rankings in memory,
     rejects streamed to ``rejects``."""
     tally = _Tally()
@@ -182,42 +129,44 @@ def ingest(
     initial_rating: float = DEFAULTS.initial_rating,
     elo_rounds: int = DEFAULTS.elo_rounds,
     ranker_key: str | None = DEFAULTS.ranker_key,
+    max_responses: int = DEFAULTS.max_responses,
+    max_depth: int = DEFAULTS.max_depth,
+    max_record_bytes: int = DEFAULTS.max_record_bytes,
+    refs_dir: str | None = DEFAULTS.refs_dir,
     columns: dict[str, str] | None = None,
     dataset: DataSource | None = None,
+    extra_outputs: Mapping[str, Callable[[dict], bool]] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> IngestSummary:
     """Ingest preference annotations from ``paths`` into ``out_dir`` (files and schemas: module docstring).
 
     ``columns`` renames fields of every file of ``paths`` (their -> ours, e.g. ``{"instruction": "prompt"}``);
     ``dataset`` is one more input (a hub dataset, or a split of a saved DatasetDict folder) read after them, renamed
-    by its own ``columns``; ``paths`` may be empty when it is set.
+    by its own ``columns``; ``paths`` may be empty when it is set. ``extra_outputs``: more JSON Lines files of
+    rankings rows, file name -> which rows go in, written and committed with the other outputs.
 
     Raises IngestError for a file that cannot be read at all (message ``<file>: <reason>``), and
-    RejectLimitExceeded when rejected / read > ``max_reject_share``, after all outputs are written.
+    RejectLimitExceeded when rejected / read > ``max_reject_share``, after all outputs are written. Any error
+    before that leaves the previous outputs as they were.
     """
     fmt = normalise_format(format)
     if elo_rounds < 1:
         raise ValueError(f"elo_rounds must be >= 1, got {elo_rounds}")
     if not 0.0 <= max_reject_share <= 1.0:
         raise ValueError(f"max_reject_share must be within [0, 1], got {max_reject_share}")
-    cfg = ReaderConfig(max_field_chars=max_field_chars, rating_scale=tuple(rating_scale), ranker_key=ranker_key)
+    cfg = ReaderConfig(max_field_chars=max_field_chars, rating_scale=tuple(rating_scale), ranker_key=ranker_key,
+                       max_responses=max_responses, max_depth=max_depth, max_record_bytes=max_record_bytes,
+                       refs_dir=refs_dir or None)
+    if cfg.refs_dir and not Path(cfg.refs_dir).is_dir():
+        raise IngestError(f"{cfg.refs_dir}: refs_dir is not a folder")
     out = Path(out_dir)
-    has_dataset = dataset is not None and dataset.is_set
-    inputs: list[Path | DataSource] = expand_paths(paths, exclude=out) if paths or not has_dataset else []
-    if has_dataset:
-        try:                                         # an offline hub or a wrong folder fails before any reading
-            check_source(dataset, DATASET_KEYS)
-        except SourceError as e:
-            raise IngestError(str(e)) from None
-        inputs.append(dataset)
+    inputs = _inputs(paths, dataset, out)
     out.mkdir(parents=True, exist_ok=True)
-    rejects = _AtomicJsonl(out / "rejects.jsonl")
-    try:
-        tally = _read_all(inputs, cfg, fmt, dict(columns or {}), rejects, on_progress)
-        rejects.commit()
-    finally:
-        rejects.discard()
-    summary = _write_outputs(tally, out, rejects.count, len(inputs), k_factor, initial_rating, elo_rounds)
+    with OutputSet(out) as outputs:
+        tally = _read_all(inputs, cfg, fmt, dict(columns or {}), outputs.open("rejects.jsonl"), on_progress)
+        summary = _write_outputs(tally, outputs, len(inputs), k_factor, initial_rating, elo_rounds,
+                                 dict(extra_outputs or {}))
+        outputs.commit()
     if on_progress is not None and tally.read % PROGRESS_EVERY:
         on_progress(tally.read)
     if summary.reject_share > max_reject_share:
@@ -228,18 +177,34 @@ def ingest(
     return summary
 
 
-def _write_outputs(tally: _Tally, out: Path, n_rejected: int, n_files: int,
-                   k_factor: float, initial: float, elo_rounds: int) -> IngestSummary:
-    """Merge, convert, write the three data files and summary.json; returns the summary."""
-    accepted = len(tally.accepted)
+def _inputs(paths: Sequence[str | Path], dataset: DataSource | None, out: Path) -> list[Path | DataSource]:
+    """The files of ``paths`` (folders expanded, ``out`` left out), then the dataset, checked before any reading."""
+    has_dataset = dataset is not None and dataset.is_set
+    inputs: list[Path | DataSource] = expand_paths(paths, exclude=out) if paths or not has_dataset else []
+    if has_dataset:
+        try:                                         # an offline hub or a wrong folder fails before any reading
+            check_source(dataset, DATASET_KEYS)
+        except SourceError as e:
+            raise IngestError(str(e)) from None
+        inputs.append(dataset)
+    return inputs
+
+
+def _write_outputs(tally: _Tally, outputs: OutputSet, n_files: int, k_factor: float, initial: float,
+                   elo_rounds: int, extra: dict[str, Callable[[dict], bool]]) -> IngestSummary:
+    """Merge, convert, write the data files and summary.json (as temp files of ``outputs``); returns the summary."""
+    accepted, n_rejected = len(tally.accepted), outputs.files["rejects.jsonl"].count
     if tally.read != accepted + n_rejected:  # the invariant of DESIGN.md #7, checked before anything is written
         raise AssertionError(f"accounting broken: read {tally.read} != accepted {accepted} + rejected {n_rejected}")
     groups = group_by_item(tally.accepted)
     merged = [merge_item(key, members) for key, members in groups.items()]
-    n_pairs = write_jsonl(out / "pairs.jsonl", (p.to_dict() for r in merged for p in ranking_to_pairs(r)))
-    write_jsonl(out / "rankings.jsonl", (_ranking_row(r) for r in merged))
+    n_pairs = outputs.jsonl("pairs.jsonl", (p.to_dict() for r in merged for p in ranking_to_pairs(r)))
+    outputs.jsonl("rankings.jsonl", (_ranking_row(r) for r in merged))
+    for name, keep in extra.items():
+        outputs.jsonl(name, (row for row in map(_ranking_row, merged) if keep(row)))
     scores = elo_from_groups(groups, k_factor=k_factor, initial=initial, n_rounds=elo_rounds)
-    write_jsonl(out / "elo.jsonl", (s.to_dict() for s in scores))
+    outputs.jsonl("elo.jsonl", (s.to_dict() for s in scores))
+    out = outputs.out
     summary = IngestSummary(
         files=n_files, read=tally.read, accepted=accepted, rejected=n_rejected,
         rejected_by_reason=dict(sorted(tally.reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
@@ -247,9 +212,9 @@ def _write_outputs(tally: _Tally, out: Path, n_rejected: int, n_files: int,
         annotators=len({r.annotator for r in tally.accepted if r.annotator is not None}),
         agreement=measure_agreement(groups), reject_share=n_rejected / tally.read if tally.read else 0.0,
         elo_responses=len(scores), per_file=tally.per_file, out_dir=str(out),
-        rejects_path=str(out / "rejects.jsonl"),
+        rejects_path=str(out / "rejects.jsonl"), outputs={name: f.count for name, f in outputs.files.items()},
     )
-    write_json(out / "summary.json", summary.to_dict())
+    outputs.json("summary.json", summary.to_dict())
     return summary
 
 

@@ -11,7 +11,7 @@ Two labelling set-ups are understood:
   either a ``choices`` value ``{"choices": ["answer1"]}`` or a ``pairwise`` value
   ``{"selected": "left"|"right"}`` (left = answer1). The chosen answer ranks 0, the other(s) 1.
 
-Every text value goes through ``refs.resolve_text`` (no network, nothing outside the export folder).
+Every text value goes through ``refs.resolve_text`` (no network; files only from ``refs_dir``, when set).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from .schema import (
     ReaderConfig,
     RecordContext,
     RecordError,
+    check_response_count,
     check_text,
     expect,
     get_field,
@@ -49,7 +50,7 @@ class TaskContent:
 def data_text(value: Any, where: str, ctx: RecordContext) -> str:
     """A text data value, with a file reference resolved safely, then validated."""
     expect(value, "string", where)
-    text = resolve_text(value, where, ctx.base_dir, ctx.cfg.max_field_chars)
+    text = resolve_text(value, where, ctx.cfg.refs_dir, ctx.cfg.max_field_chars)
     return check_text(text, where, ctx.cfg)
 
 
@@ -61,12 +62,14 @@ def task_content(data: dict, where: str, ctx: RecordContext) -> TaskContent:
     keys = sorted((k for k in data if _ANSWER_KEY.match(k)), key=lambda k: int(k[6:]))
     if not keys:
         raise RecordError(f"missing field '{where}candidates'")
+    check_response_count(len(keys), ctx.cfg)
     responses = tuple(data_text(data[k], f"{where}{k}", ctx) for k in keys)
     return TaskContent(prompt, responses, answer_keys=tuple(keys))
 
 
 def _ranker_content(prompt: str, candidates: Any, where: str, ctx: RecordContext) -> TaskContent:
     expect(candidates, "array", where)
+    check_response_count(len(candidates), ctx.cfg)        # before any candidate's file reference is read
     ids, bodies, extra = [], [], []
     for j, cand in enumerate(candidates):
         expect(cand, "object", f"{where}[{j}]")

@@ -53,7 +53,7 @@ def check_ratings(ratings: Any, k: int, scale: tuple[float, float]) -> list[floa
     for i, value in enumerate(ratings):
         expect(value, "integer or number", f"ratings[{i}]")
         if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
-            raise RecordError(f"rating out of range: {value} at ratings[{i}] not in [{low}, {high}]")
+            raise RecordError(f"rating out of range: {value} at ratings[{i}] not in [{low:g}, {high:g}]")
     if len(ratings) != k:
         raise RecordError(f"invalid ratings: {len(ratings)} ratings for {k} responses")
     return list(ratings)

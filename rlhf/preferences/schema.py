@@ -24,10 +24,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from rlhf.config import PreferencesConfig
+
 MAX_RECORD_TEXT = 2000
+MAX_DEPTH_LIMIT = 256   # json recurses once per level: a max_depth well below Python's recursion limit (1000)
+_DEFAULTS = PreferencesConfig()   # the one source of the defaults (params.yaml's preferences: section)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _INDEX = re.compile(r"\[\d+\]")
 
@@ -82,21 +85,33 @@ class Reject:
 
 @dataclass(frozen=True)
 class ReaderConfig:
-    """Validation settings shared by all readers.
+    """Validation settings shared by all readers (defaults: ``PreferencesConfig``'s).
 
     max_field_chars: the longest prompt / response / text field accepted.
     rating_scale: inclusive (low, high) range of scalar ratings.
     ranker_key: the key of ``value.ranker`` holding the order (a Bucket name); None = the first key
         other than Label Studio's internal ``_`` column.
+    max_responses: the most responses one record may rank (pairs per record <= K(K-1)/2).
+    max_depth: the deepest nesting of arrays and objects in one record (a top-level object is level 1).
+    max_record_bytes: the longest JSON Lines line / JSON array element, in bytes.
+    refs_dir: the one folder Label Studio file references are read from; None or "" = references are refused
+        (``refs``).
     """
 
-    max_field_chars: int = 20000
-    rating_scale: tuple[float, float] = (1, 7)
-    ranker_key: str | None = None
+    max_field_chars: int = _DEFAULTS.max_field_chars
+    rating_scale: tuple[float, float] = tuple(_DEFAULTS.rating_scale)
+    ranker_key: str | None = _DEFAULTS.ranker_key
+    max_responses: int = _DEFAULTS.max_responses
+    max_depth: int = _DEFAULTS.max_depth
+    max_record_bytes: int = _DEFAULTS.max_record_bytes
+    refs_dir: str | None = _DEFAULTS.refs_dir or None
 
     def __post_init__(self) -> None:
-        if self.max_field_chars < 1:
-            raise ValueError(f"max_field_chars must be >= 1, got {self.max_field_chars}")
+        for name, low, high in (("max_field_chars", 1, None), ("max_responses", 2, None),
+                                ("max_depth", 2, MAX_DEPTH_LIMIT), ("max_record_bytes", 1, None)):
+            value = getattr(self, name)
+            if not low <= value <= (high or value):
+                raise ValueError(f"{name} must be {f'in [{low}, {high}]' if high else f'>= {low}'}, got {value}")
         low, high = self.rating_scale
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise ValueError(f"rating_scale must be (low, high) with low < high, got {self.rating_scale}")
@@ -104,13 +119,12 @@ class ReaderConfig:
 
 @dataclass(frozen=True)
 class RecordContext:
-    """Where the record being parsed came from: file name, start line, raw text, settings, export folder."""
+    """Where the record being parsed came from: file name, start line, raw text, settings."""
 
     source: str
     line: int
     text: str
     cfg: ReaderConfig
-    base_dir: Path | None = None
 
     def reject(self, reason: str, record: str | None = None) -> Reject:
         raw = self.text if record is None else record
@@ -168,6 +182,12 @@ def check_text(value: Any, where: str, cfg: ReaderConfig) -> str:
     if _SURROGATE.search(value):
         raise RecordError(f"invalid text in '{where}': unpaired surrogate")
     return value
+
+
+def check_response_count(n: int, cfg: ReaderConfig) -> None:
+    """At most ``cfg.max_responses`` responses in one record: all-pairs conversion is quadratic in K."""
+    if n > cfg.max_responses:
+        raise RecordError(f"too many responses: {n} (max_responses={cfg.max_responses})")
 
 
 def check_text_list(value: Any, where: str, cfg: ReaderConfig) -> list[str]:
@@ -264,6 +284,7 @@ def build_ranking(
     """Final checks shared by all formats: >= 2 responses, distinct texts, dense ranks."""
     if len(responses) < 2:
         raise RecordError(f"too few responses: {len(responses)} (need at least 2)")
+    check_response_count(len(responses), ctx.cfg)
     first: dict[str, int] = {}
     for i, text in enumerate(responses):
         if text in first:

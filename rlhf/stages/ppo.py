@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from rlhf import accel, distributed
-from rlhf.checkpoint import CheckpointManager, atomic_output_dir, fingerprint, inputs_signature, resume
+from rlhf.checkpoint import CheckpointManager, inputs_signature, resume, stage_fingerprint
 from rlhf.config import PPOConfig
 from rlhf.data import load_jsonl
 from rlhf.modeling import CriticModel, PolicyWithValueHead, load_causal_lm, load_tokenizer
@@ -18,6 +18,7 @@ from rlhf.ppo import PPOModels, PPOTrainer
 from rlhf.reward_scoring import load_scorer
 from rlhf.limits import check_sampling
 from rlhf.stages.common import Recorder, StageResult, save_tokenizer_and_model, seed_everything
+from rlhf.tempdirs import atomic_output_dir
 
 
 def build_models(cfg: PPOConfig, tok, device=None) -> PPOModels:
@@ -83,8 +84,9 @@ def run(cfg: PPOConfig, on_log=None) -> StageResult:
     for module in trainable(models).values():
         distributed.broadcast_parameters(module, dist)
     trainer = PPOTrainer(cfg, models, tok, prompts, on_log=rec, dist=dist)
-    ckpt = CheckpointManager(cfg.out_dir, cfg.checkpoint_every, is_main=dist.is_main, fingerprint=fingerprint(
-        cfg, dist.world_size, inputs_signature(cfg.policy_path, cfg.reward_path, cfg.prompts)))
+    inputs = inputs_signature(cfg.policy_path, cfg.reward_path, cfg.prompts)
+    ckpt = CheckpointManager(cfg.out_dir, cfg.checkpoint_every, is_main=dist.is_main,
+                             fingerprint=stage_fingerprint(cfg, dist.world_size, inputs, __name__))
     state = resume(ckpt, trainable(models), rec)
     if state is not None:
         trainer.load_state_dict(state)

@@ -6,9 +6,10 @@ import hashlib
 from pathlib import Path
 
 from rlhf.config import PreferencesConfig
-from rlhf.data import load_jsonl, write_jsonl
 from rlhf.preferences.ingest import ingest, summary_metrics
 from rlhf.stages.common import StageResult
+
+TRAIN, VAL = "rankings_train.jsonl", "rankings_val.jsonl"
 
 
 def is_heldout(item_id: str, val_fraction: float) -> bool:
@@ -18,16 +19,16 @@ def is_heldout(item_id: str, val_fraction: float) -> bool:
 
 
 def run(cfg: PreferencesConfig, on_log=None) -> StageResult:
+    """The split files are outputs of the ingest itself: all of them are replaced together, or none."""
     out = Path(cfg.out_dir)
+    split = {TRAIN: lambda row: not is_heldout(str(row["item_id"]), cfg.val_fraction),
+             VAL: lambda row: is_heldout(str(row["item_id"]), cfg.val_fraction)}
     summary = ingest(list(cfg.inputs), out, format=cfg.format, max_reject_share=cfg.max_reject_share,
                      max_field_chars=cfg.max_field_chars, rating_scale=tuple(cfg.rating_scale),
                      k_factor=cfg.k_factor, initial_rating=cfg.initial_rating, elo_rounds=cfg.elo_rounds,
-                     ranker_key=cfg.ranker_key, columns=cfg.columns, dataset=cfg.dataset,
+                     ranker_key=cfg.ranker_key, max_responses=cfg.max_responses, max_depth=cfg.max_depth,
+                     max_record_bytes=cfg.max_record_bytes, refs_dir=cfg.refs_dir, columns=cfg.columns,
+                     dataset=cfg.dataset, extra_outputs=split,
                      on_progress=(lambda n: on_log(n, {"progress/records": n})) if on_log else None)
-    rows = load_jsonl(out / "rankings.jsonl")
-    val = [r for r in rows if is_heldout(str(r["item_id"]), cfg.val_fraction)]
-    train = [r for r in rows if not is_heldout(str(r["item_id"]), cfg.val_fraction)]
-    write_jsonl(out / "rankings_train.jsonl", train)
-    write_jsonl(out / "rankings_val.jsonl", val)
-    metrics = {**summary_metrics(summary), "items_train": len(train), "items_val": len(val)}
+    metrics = {**summary_metrics(summary), "items_train": summary.outputs[TRAIN], "items_val": summary.outputs[VAL]}
     return StageResult(metrics, outputs={"dir": str(out), "rejects": str(out / "rejects.jsonl")})

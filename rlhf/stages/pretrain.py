@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhf import accel, distributed
-from rlhf.checkpoint import CheckpointManager, atomic_output_dir, fingerprint, inputs_signature, resume, step_saver
+from rlhf.checkpoint import CheckpointManager, inputs_signature, resume, stage_fingerprint, step_saver
 from rlhf.config import PretrainConfig
 from rlhf.data import load_jsonl
 from rlhf.hub import resolve_model_path
 from rlhf.modeling import build_gpt2, load_causal_lm, load_tokenizer, train_tokenizer
 from rlhf.stages.common import Recorder, StageResult, n_params, save_tokenizer_and_model, seed_everything
+from rlhf.tempdirs import atomic_output_dir
 from rlhf.train_lm import pack_corpus, train_causal_lm
 
 
@@ -42,8 +43,9 @@ def run(cfg: PretrainConfig, on_log=None) -> StageResult:
     distributed.broadcast_parameters(model, dist)
     block = min(cfg.train.max_length, cfg.model.n_positions)
     rec = Recorder(on_log if dist.is_main else None)
-    ckpt = CheckpointManager(out, cfg.train.checkpoint_every, is_main=dist.is_main, fingerprint=fingerprint(
-        cfg, dist.world_size, inputs_signature(data / "corpus_train.jsonl", data / "corpus_val.jsonl")))
+    inputs = inputs_signature(data / "corpus_train.jsonl", data / "corpus_val.jsonl")
+    ckpt = CheckpointManager(out, cfg.train.checkpoint_every, is_main=dist.is_main,
+                             fingerprint=stage_fingerprint(cfg, dist.world_size, inputs, __name__))
     models = {"model": model}
     state = resume(ckpt, models, rec)
     metrics = train_causal_lm(model, pack_corpus(tok, train, block), cfg.train, tok.pad_token_id, cfg.seed,

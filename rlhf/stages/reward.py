@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from rlhf import accel, distributed
-from rlhf.checkpoint import CheckpointManager, atomic_output_dir, fingerprint, inputs_signature, resume, step_saver
+from rlhf.checkpoint import CheckpointManager, inputs_signature, resume, stage_fingerprint, step_saver
 from rlhf.config import RewardConfig
 from rlhf.data import load_jsonl
 from rlhf.generation import sample_responses
@@ -22,6 +22,7 @@ from rlhf.modeling import RewardModel, load_causal_lm, load_tokenizer
 from rlhf.train_reward import encode_groups, pairwise_accuracy, score_texts, set_normalization, train_reward_model
 from rlhf.limits import check_fits, check_sampling
 from rlhf.stages.common import Recorder, StageResult, save_tokenizer_and_model, seed_everything
+from rlhf.tempdirs import atomic_output_dir
 
 
 def load_elo(path: Path) -> dict:
@@ -67,8 +68,9 @@ def run(cfg: RewardConfig, on_log=None) -> StageResult:
     if not train:
         raise ValueError(f"{data / 'rankings_train.jsonl'}: no ranked items to train on")
     rec = Recorder(on_log if dist.is_main else None)
-    ckpt = CheckpointManager(cfg.out_dir, cfg.train.checkpoint_every, is_main=dist.is_main, fingerprint=fingerprint(
-        cfg, dist.world_size, inputs_signature(cfg.model_path, data, cfg.prompts)))
+    inputs = inputs_signature(cfg.model_path, data, cfg.prompts)
+    ckpt = CheckpointManager(cfg.out_dir, cfg.train.checkpoint_every, is_main=dist.is_main,
+                             fingerprint=stage_fingerprint(cfg, dist.world_size, inputs, __name__))
     models = {"reward": model}
     state = resume(ckpt, models, rec)
     metrics = train_reward_model(model, train, cfg.train, tok.pad_token_id, cfg.loss, cfg.margin, cfg.seed, on_log=rec,

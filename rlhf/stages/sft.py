@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhf import accel, distributed
-from rlhf.checkpoint import CheckpointManager, atomic_output_dir, fingerprint, inputs_signature, resume, step_saver
+from rlhf.checkpoint import CheckpointManager, inputs_signature, resume, stage_fingerprint, step_saver
 from rlhf.chat import has_template, read_template, stop_ids
 from rlhf.config import SFTConfig
 from rlhf.hub import resolve_model_path
@@ -16,6 +16,7 @@ from rlhf.limits import check_fits
 from rlhf.data import load_jsonl
 from rlhf.modeling import load_causal_lm, load_tokenizer
 from rlhf.stages.common import Recorder, StageResult, save_tokenizer_and_model, seed_everything
+from rlhf.tempdirs import atomic_output_dir
 from rlhf.train_lm import pack_sft, sft_examples, train_causal_lm
 
 
@@ -39,8 +40,9 @@ def run(cfg: SFTConfig, on_log=None) -> StageResult:
     if cfg.packing:
         train = pack_sft(train, cfg.train.max_length)
     rec = Recorder(on_log if dist.is_main else None)
-    ckpt = CheckpointManager(cfg.out_dir, cfg.train.checkpoint_every, is_main=dist.is_main, fingerprint=fingerprint(
-        cfg, dist.world_size, inputs_signature(model_path, data / "sft_train.jsonl", data / "sft_val.jsonl")))
+    inputs = inputs_signature(model_path, data / "sft_train.jsonl", data / "sft_val.jsonl")
+    ckpt = CheckpointManager(cfg.out_dir, cfg.train.checkpoint_every, is_main=dist.is_main,
+                             fingerprint=stage_fingerprint(cfg, dist.world_size, inputs, __name__))
     models = {"model": model}
     state = resume(ckpt, models, rec)
     metrics = train_causal_lm(model, train, cfg.train, tok.pad_token_id, cfg.seed, val_examples=val, on_log=rec,

@@ -22,9 +22,16 @@ def test_local_checkpoint_replaces_pretraining(tok, tmp_path):
     save_tiny_llama(tok, tmp_path / "llama")
     result = pretrain.run(PretrainConfig(model_path=str(tmp_path / "llama"), out_dir=str(tmp_path / "base")))
     assert result.metrics["from_checkpoint"] == 1.0
-    assert (tmp_path / "base" / "model.safetensors").exists()
     loaded = load_causal_lm(tmp_path / "base")
     assert type(loaded).__name__ == "LlamaForCausalLM"
+    source = load_causal_lm(tmp_path / "llama").state_dict()          # the checkpoint itself, weight for weight
+    weights = loaded.state_dict()
+    assert weights.keys() == source.keys() and all(torch.equal(weights[k], source[k]) for k in source)
+    assert result.metrics["n_params"] == sum(p.numel() for p in loaded.parameters())
+    ids = torch.tensor([tok("the film was great")["input_ids"]])
+    with torch.no_grad():
+        logits = loaded(input_ids=ids).logits
+    assert logits.shape == (1, ids.size(1), len(tok)) and bool(torch.isfinite(logits).all())
 
 
 def test_llama_policy_value_reward_and_logprobs(tok, tmp_path):

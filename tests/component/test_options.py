@@ -81,8 +81,8 @@ def test_critic_trains_only_its_top_layers(tok, arch):
     critic(ids, torch.ones_like(ids)).sum().backward()
     assert all(p.grad is None and not p.requires_grad for p in low.parameters())
     assert all(p.grad is None for p in trunk.get_input_embeddings().parameters())
-    assert all(p.requires_grad and p.grad is not None for p in top.parameters())
-    assert all(p.grad is not None for p in critic.value_head.parameters())
+    assert all(p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0 for p in top.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in critic.value_head.parameters())
     with pytest.raises(ValueError, match="critic_train_layers: 3 > the critic's 2 blocks"):
         critic.train_top_layers(3)
 

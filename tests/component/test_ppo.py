@@ -1,3 +1,5 @@
+import math
+
 import torch
 
 from rlhf.config import PPOConfig, SamplingConfig
@@ -52,7 +54,14 @@ def test_full_iteration_logs_the_contract_metrics(tok, tiny_lm):
     assert [s for s, _ in logged] == [1, 2]
     for key in ("objective/kl", "objective/scores", "objective/kl_coef", "objective/entropy", "policy/approxkl_avg",
                 "policy/clipfrac_avg", "val/eos_rate", "time/generation", "time/optimization"):
-        assert key in logged[-1][1]
+        assert all(math.isfinite(m[key]) for _, m in logged), key
+    first, last = logged[0][1], logged[-1][1]
+    assert [m["episodes"] for _, m in logged] == [8, 16]
+    assert abs(first["objective/kl"]) < 1e-4                     # iteration 1: the policy is still the reference
+    assert first["objective/kl_coef"] == trainer.cfg.kl_coef and last["objective/kl_coef"] != trainer.cfg.kl_coef
+    assert all(0.0 <= m[k] <= 1.0 for _, m in logged for k in ("policy/clipfrac_avg", "val/eos_rate"))
+    assert all(m["objective/entropy"] > 0 and m["time/generation"] > 0 and m["time/optimization"] > 0
+               for _, m in logged)
 
 
 def test_iteration_is_reproducible_from_state(tok, tiny_lm):
@@ -100,7 +109,18 @@ def test_bf16_ppo_recomputes_behaviour_logprobs(tok, tiny_lm):
     """Under bf16 the KV-cache steps and a full forward round differently: nothing is recorded, one forward gives
     the behaviour log-probs, so the first update's ratio is exactly 1."""
     from rlhf.config import ComputeConfig
+    from rlhf.generation import logprobs_of
     trainer = make_trainer(tok, tiny_lm)
-    assert trainer.rollout(0).logprobs is not None
+    rollout = trainer.rollout(0)                                  # fp32: the sampler records its own log-probs
+    m = rollout.response_mask.bool()
+    assert rollout.logprobs.shape == rollout.response_ids.shape and m.any()
+    with torch.no_grad():
+        forward = logprobs_of(trainer.models.policy.lm, rollout, trainer.cfg.sampling.temperature)
+    assert bool((rollout.logprobs[m] < 0).all())
+    assert torch.allclose(rollout.logprobs[m], forward[m], atol=1e-5), (rollout.logprobs[m] - forward[m]).abs().max()
     trainer = make_trainer(tok, tiny_lm, compute=ComputeConfig(precision="bf16"))
-    assert trainer.rollout(0).logprobs is None
+    rollout = trainer.rollout(0)
+    assert rollout.logprobs is None
+    exp = trainer.experience(rollout)
+    _, stats = trainer._minibatch_loss(exp, torch.arange(exp.mask.size(0)))
+    assert stats["val/ratio"] == 1.0 and stats["policy/approxkl"] == 0.0

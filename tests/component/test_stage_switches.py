@@ -95,4 +95,21 @@ def test_ppo_stage_with_lora_bf16_and_checkpointing(project, value_model):
     assert len(rows) == 4 and abs(rows[0]["objective/kl"]) < 1e-6   # reference = adapter disabled = start policy
     assert all(torch.isfinite(torch.tensor(r["loss/policy_avg"])) for r in rows)
     assert_plain_model_with_adapter(project / f"policy-{value_model}")
-    assert (project / f"policy-{value_model}" / "value_head.safetensors").exists()
+    # The policy's value head beside the merged model: one linear map of the 32-wide trunk, finite, and it loads
+    # back onto the saved policy and gives finite values. Shared: trained with the policy (its bias starts at 0).
+    from safetensors.torch import load_file
+
+    from rlhf.modeling import VALUE_HEAD_FILE, PolicyWithValueHead
+    out = project / f"policy-{value_model}"
+    head = load_file(str(out / VALUE_HEAD_FILE))
+    assert {k: tuple(v.shape) for k, v in head.items()} == {"weight": (1, 32), "bias": (1,)}
+    assert all(bool(torch.isfinite(v).all()) for v in head.values())
+    if value_model == "shared":
+        assert head["bias"].abs().item() > 0
+    tok = load_tokenizer(out)
+    policy = PolicyWithValueHead(load_causal_lm(out, tok)).eval()
+    assert policy.load_value_head(out) and torch.equal(policy.value_head.weight, head["weight"])
+    ids = torch.tensor([tok("the film was great")["input_ids"]])
+    with torch.no_grad():
+        logits, values = policy(ids, torch.ones_like(ids))
+    assert values.shape == ids.shape and bool(torch.isfinite(values).all()) and bool(torch.isfinite(logits).all())

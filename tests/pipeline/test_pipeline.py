@@ -3,9 +3,11 @@ MLflow SQLite store. Checks registered models, logged metrics, dvc.lock, and tha
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
+import yaml
 
 from tests.pipeline.conftest import sh
 
@@ -37,12 +39,37 @@ def test_stage_order_comes_from_dvc_yaml(project):
 def test_first_run_runs_every_stage_and_writes_metrics(first_run, project):
     assert list(first_run["first"]) == STAGES
     assert all(r != "skipped" for r in first_run["first"].values())
+    params = yaml.safe_load((project / "params.yaml").read_text())
     ev = json.loads((project / "metrics" / "evaluate.json").read_text())
+    # metrics/*.json write a non-finite value as null (tasks/tracking.py): every one here is a finite number
     for key in ("gold_score_sft", "gold_score_policy", "win_rate_vs_sft", "kl_to_ref", "reward_model_accuracy",
                 "eos_rate_policy", "distinct2_sft", "distinct2_policy"):
-        assert key in ev and ev[key] is not None
-    assert (project / "plots" / "ppo" / "ppo.json").exists()
-    assert (project / "artifacts" / "evaluate" / "samples.jsonl").exists()
+        assert isinstance(ev[key], (int, float)) and math.isfinite(ev[key]), (key, ev[key])
+    for key in ("win_rate_vs_sft", "reward_model_accuracy", "eos_rate_policy", "distinct2_sft", "distinct2_policy"):
+        assert 0.0 <= ev[key] <= 1.0, (key, ev[key])
+    # The per-prompt samples are the rows those metrics were computed from.
+    samples = [json.loads(line) for line in
+               (project / "artifacts" / "evaluate" / "samples.jsonl").read_text().splitlines()]
+    assert 0 < len(samples) == ev["n_prompts"] <= params["evaluate"]["max_prompts"]
+    assert all(isinstance(r["prompt"], str) and isinstance(r["sft"], str) and isinstance(r["policy"], str)
+               for r in samples)
+    n = len(samples)
+    assert ev["gold_score_policy"] == pytest.approx(sum(r["gold_policy"] for r in samples) / n, rel=1e-9)
+    assert ev["gold_score_sft"] == pytest.approx(sum(r["gold_sft"] for r in samples) / n, rel=1e-9)
+    wins = [1.0 if r["judge_policy"] > r["judge_sft"] else 0.5 if r["judge_policy"] == r["judge_sft"] else 0.0
+            for r in samples]
+    assert ev["win_rate_vs_sft"] == pytest.approx(sum(wins) / n, rel=1e-9)
+    # The PPO curve: one row per iteration, finite, ending where metrics/ppo.json ends.
+    plot = json.loads((project / "plots" / "ppo" / "ppo.json").read_text())
+    ppo = params["ppo"]
+    n_iter = ppo["total_episodes"] // ppo["rollout_batch_size"]
+    assert [r["step"] for r in plot] == list(range(1, n_iter + 1))
+    assert [r["episodes"] for r in plot] == [ppo["rollout_batch_size"] * (i + 1) for i in range(n_iter)]
+    for key in ("objective/kl", "objective/scores", "objective/entropy", "objective/kl_coef", "loss/policy_avg"):
+        assert all(isinstance(r[key], float) and math.isfinite(r[key]) for r in plot), key
+    final = json.loads((project / "metrics" / "ppo.json").read_text())
+    assert (plot[-1]["objective/kl"], plot[-1]["objective/scores"]) == (final["objective_kl"], final["objective_scores"])
+    assert final["iterations"] == n_iter
 
 
 def test_second_run_skips_every_stage_and_dvc_is_clean(first_run, project):

@@ -32,6 +32,8 @@ def test_a_flow_runs_against_the_temporary_server_and_the_server_stops(tmp_path,
     finally:
         server.stop()
     assert server.process.poll() is not None                     # stopped, not left running
+    with pytest.raises(OSError):                                 # and nothing answers on its port any more
+        urllib.request.urlopen(f"{server.api_url}/health", timeout=5)
 
 
 def test_a_server_that_cannot_start_is_reported_with_its_port(monkeypatch, tmp_path):

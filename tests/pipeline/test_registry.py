@@ -230,8 +230,14 @@ def test_registered_models_load_back_with_signature_and_predict(registry):
     info = mlflow.models.get_model_info("models:/rlhf-policy@challenger")
     assert info.signature.inputs.input_names() == ["prompt"]
     assert {p.name for p in info.signature.params} >= {"temperature", "seed", "max_new_tokens"}
-    assert info.saved_input_example_info is not None
+    assert info.saved_input_example_info["artifact_path"] == "input_example.json"
     policy = load_model("models:/rlhf-policy@challenger")
+    # The saved input example is the one prompt tasks/registry.py logs, in the signature's shape, and it predicts.
+    from tasks.registry import EXAMPLE_PROMPT
+    example = policy.input_example
+    assert isinstance(example, pd.DataFrame) and example.to_dict("list") == {"prompt": [EXAMPLE_PROMPT]}
+    reply = policy.predict(example, params={"seed": 0, "max_new_tokens": 4})
+    assert len(reply) == 1 and isinstance(reply[0], str)
     df = pd.DataFrame({"prompt": PROMPTS[:2]})
     a = policy.predict(df, params={"seed": 3, "temperature": 0.7})
     assert len(a) == 2 and all(isinstance(t, str) for t in a)

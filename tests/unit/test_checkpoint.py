@@ -17,8 +17,11 @@ import pytest
 import torch
 from torch import nn
 
-from rlhf.checkpoint import (MANIFEST, STATE_FILE, CheckpointManager, atomic_output_dir, checkpoint_dir,
-                             latest_checkpoint, list_checkpoints, load_checkpoint, write_checkpoint)
+from rlhf.checkpoint import (MANIFEST, STATE_FILE, CheckpointManager, checkpoint_dir, latest_checkpoint,
+                             list_checkpoints, load_checkpoint, stage_fingerprint, write_checkpoint)
+from rlhf.codeversion import code_version
+from rlhf.config import TrainConfig
+from rlhf.tempdirs import STALE_AFTER_S, atomic_output_dir, owned_name, pid_alive
 
 
 def tiny(seed: int) -> nn.Module:
@@ -112,10 +115,17 @@ def test_latest_complete_checkpoint_wins_and_torn_ones_are_ignored(tmp_path):
     assert latest_checkpoint(tmp_path, "other").step == 14
 
 
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
 def test_saving_prunes_older_checkpoints_and_crash_leftovers(tmp_path):
     model = tiny(0)
     opt, sched = trained_state(model)
-    (tmp_path / ".tmp-step-00000001-123").mkdir(parents=True)
+    (tmp_path / owned_name("step-00000001", pid=dead_pid())).mkdir(parents=True)
     for step in (1, 2, 3):
         save(tmp_path, step, model, opt, sched, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002", "step-00000003"]
@@ -202,6 +212,165 @@ def test_a_writer_killed_at_any_moment_never_leaves_a_loadable_torn_checkpoint(t
     m = nn.Linear(512, 1024)
     state, _ = load_checkpoint(ckpt, {"model": m})
     assert torch.all(m.weight == float(ckpt.step)) and torch.all(state["x"] == float(ckpt.step))
+
+
+# -- a checkpoint found but not resumed is reported with its folder and the reason ---------------------------------
+def weights_of(model: nn.Module) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_weights(model: nn.Module, weights: dict) -> bool:
+    return all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+
+
+def sft_fingerprint(lr: float = 1e-3, world_size: int = 1, inputs=(("data/sft.jsonl", 10, 1),)) -> dict:
+    return stage_fingerprint(TrainConfig(lr=lr), world_size, list(inputs), "rlhf.stages.sft")
+
+
+@pytest.mark.parametrize("part", ["config", "world size", "inputs", "code"])
+def test_a_checkpoint_of_another_run_is_reported_with_what_differs_and_not_resumed(tmp_path, capsys, monkeypatch,
+                                                                                    part):
+    out, original = tmp_path / "sft", sft_fingerprint()
+    saved = CheckpointManager(out, every=2, fingerprint=original).save(2, {"model": tiny(0)}, {}, [])
+    capsys.readouterr()
+    if part == "code":                             # an edit to any module the stage imports changes its code version
+        monkeypatch.setattr("rlhf.checkpoint.code_version", lambda module: "0" * 64)
+    now = {"config": sft_fingerprint(lr=2e-3), "world size": sft_fingerprint(world_size=2),
+           "inputs": sft_fingerprint(inputs=[("data/sft.jsonl", 11, 2)]), "code": sft_fingerprint()}[part]
+    model = tiny(1)
+    before = weights_of(model)
+    assert CheckpointManager(out, every=2, fingerprint=now).restore({"model": model}) is None
+    err = capsys.readouterr().err
+    assert f"checkpoint {saved} not resumed: written with a different {part}; starting from step 0" in err, err
+    assert same_weights(model, before)
+    assert CheckpointManager(out, every=2, fingerprint=original).restore({"model": tiny(1)}) is not None
+
+
+def flip_a_byte(path):
+    f = path / "model-model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 0xFF
+    f.write_bytes(bytes(data))
+
+
+def cut_short(path):
+    f = path / "model-model.safetensors"
+    f.write_bytes(f.read_bytes()[:-10])
+
+
+def pickled_object_in_state(path):
+    """Re-signed in the manifest, so only loading can tell (weights_only refuses it)."""
+    import hashlib
+    torch.save({"step": 2, "evil": subprocess.Popen}, path / STATE_FILE)
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["files"][STATE_FILE] = {"bytes": (path / STATE_FILE).stat().st_size,
+                                      "sha256": hashlib.sha256((path / STATE_FILE).read_bytes()).hexdigest()}
+    (path / MANIFEST).write_text(json.dumps(manifest))
+
+
+def weights_of_another_shape(path):
+    other = write_checkpoint(path.parent / "other", 2, {"model": nn.Linear(3, 3)}, {}, [], fingerprint="fp")
+    for f in path.iterdir():
+        f.unlink()
+    for f in other.iterdir():
+        f.rename(path / f.name)
+
+
+DAMAGE = {"corrupt": (flip_a_byte, "model-model.safetensors does not match its sha256 in the manifest (corrupt)"),
+          "cut short": (cut_short, "model-model.safetensors has "),
+          "no manifest": (lambda p: (p / MANIFEST).unlink(), "no manifest"),
+          "garbage manifest": (lambda p: (p / MANIFEST).write_text("{not json"), "unreadable manifest"),
+          "unreadable state": (pickled_object_in_state, "unreadable: UnpicklingError"),
+          "another model": (weights_of_another_shape, "does not fit the model")}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_checkpoint_is_reported_and_leaves_the_model_untouched(tmp_path, capsys, damage):
+    out = tmp_path / "sft"
+    saved = CheckpointManager(out, every=2, fingerprint="fp").save(2, {"model": tiny(0)}, {}, [])
+    break_it, reason = DAMAGE[damage]
+    break_it(saved)
+    capsys.readouterr()
+    model = tiny(1)
+    before = weights_of(model)
+    assert CheckpointManager(out, every=2, fingerprint="fp").restore({"model": model}) is None
+    err = capsys.readouterr().err
+    assert f"checkpoint {saved} not resumed: " in err and reason in err and "starting from step 0" in err, err
+    assert same_weights(model, before)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, capsys):
+    out = tmp_path / "sft"
+    mgr = CheckpointManager(out, every=2, fingerprint="fp", keep=2)
+    mgr.save(2, {"model": tiny(0)}, {}, [{"step": 2}])
+    flip_a_byte(mgr.save(4, {"model": tiny(0)}, {}, [{"step": 4}]))
+    capsys.readouterr()
+    state, rows = CheckpointManager(out, every=2, fingerprint="fp").restore({"model": tiny(1)})
+    assert state["step"] == 2 and rows == [{"step": 2}]
+    err = capsys.readouterr().err
+    assert "step-00000004 not resumed: model-model.safetensors does not match" in err and "trying an older one" in err
+    assert f"resuming from checkpoint {mgr.root / 'step-00000002'} (step 2)" in err
+
+
+def test_only_the_main_process_reports(tmp_path, capsys):
+    out = tmp_path / "sft"
+    CheckpointManager(out, every=2, fingerprint="fp").save(2, {"model": tiny(0)}, {}, [])
+    capsys.readouterr()
+    assert CheckpointManager(out, every=2, fingerprint="other", is_main=False).restore({"model": tiny(1)}) is None
+    assert capsys.readouterr().err == ""
+
+
+def test_the_code_version_follows_the_modules_a_stage_imports(tmp_path):
+    def package(root, losses="x = 1\n", other="y = 2\n"):
+        (root / "rlhf" / "stages").mkdir(parents=True)
+        (root / "rlhf" / "__init__.py").write_text("")
+        (root / "rlhf" / "stages" / "__init__.py").write_text("")
+        (root / "rlhf" / "stages" / "s.py").write_text("def f():\n    from rlhf.losses import x\n")
+        (root / "rlhf" / "losses.py").write_text(losses)
+        (root / "rlhf" / "other.py").write_text(other)
+        return root
+    base = code_version("rlhf.stages.s", package(tmp_path / "a"))
+    assert code_version("rlhf.stages.s", package(tmp_path / "b", losses="x = 2\n")) != base    # an imported module
+    assert code_version("rlhf.stages.s", package(tmp_path / "c", other="y = 3\n")) == base     # one it never runs
+    with pytest.raises(ValueError, match="no module"):
+        code_version("__main__")
+
+
+# -- temporaries are removed only when their writer is gone --------------------------------------------------------
+def test_a_live_writers_temporaries_survive_cleanup_and_a_dead_writers_go(tmp_path):
+    live = subprocess.Popen(["sleep", "60"])                 # another process, still writing
+    try:
+        dead, models = dead_pid(), tmp_path / "models"
+        ckpts = models / "sft.ckpt"
+        ckpts.mkdir(parents=True)
+        keep = [models / owned_name("sft", pid=live.pid), ckpts / owned_name("step-00000004", pid=live.pid),
+                ckpts / owned_name("mlflow_run.json", pid=live.pid), models / ".tmp-sft-elsewhere.example-1"]
+        gone = [models / owned_name("sft", pid=dead), models / owned_name("sft-old", pid=dead),
+                ckpts / owned_name("step-00000002", pid=dead), models / ".tmp-sft-elsewhere.example-2"]
+        for p in keep + gone:
+            p.mkdir()
+        day_ago = time.time() - STALE_AFTER_S - 60
+        os.utime(gone[-1], (day_ago, day_ago))               # another host's, untouched for over a day
+        with atomic_output_dir(models / "sft") as tmp:
+            (tmp / "weights").write_text("v1")
+        mgr = CheckpointManager(models / "sft", every=1, fingerprint="fp")
+        mgr.save(6, {"model": tiny(0)}, {}, [])
+        assert [p.name for p in keep if not p.exists()] == []
+        assert [p.name for p in gone if p.exists()] == []
+        mgr.clear()
+        assert all(p.exists() for p in keep) and not (ckpts / "step-00000006").exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_process_of_another_user_counts_as_alive(monkeypatch):
+    assert pid_alive(os.getpid()) and not pid_alive(dead_pid())
+
+    def denied(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "kill", denied)
+    assert pid_alive(12345)
 
 
 # -- tasks/tracking.py: retries only for transient connection errors -----------------------------------------------

@@ -52,14 +52,14 @@ def test_ingest_label_studio_export_end_to_end(tmp_path):
 
 def test_all_fixtures_together_account_for_every_record(tmp_path):
     files = sorted(FIXTURES.glob("*.json*")) + [FIXTURES / "hostile_export" / "export.json"]
-    summary = ingest(files, tmp_path, max_reject_share=1.0)
+    summary = ingest(files, tmp_path, max_reject_share=1.0, refs_dir=str(FIXTURES / "hostile_export"))
     assert summary.read == summary.accepted + summary.rejected
     assert len(lines(tmp_path / "rejects.jsonl")) == summary.rejected
     assert sum(f["read"] for f in summary.per_file) == summary.read
     assert summary.duplicates == summary.rejected_by_reason["duplicate"] > 0  # JSON-MIN repeats the full export
     kinds = set(summary.rejected_by_reason)
     assert {"cancelled", "no annotations", "invalid JSON", "remote reference not allowed",
-            "path escapes export folder", "rating out of range", "no shared prompt"} <= kinds
+            "path escapes refs_dir", "rating out of range", "no shared prompt"} <= kinds
     accepted_lines = {(a["source"], a["line"]) for r in lines(tmp_path / "rankings.jsonl")
                       for a in r["meta"]["annotations"]}
     assert len(accepted_lines) <= summary.accepted

@@ -336,25 +336,29 @@ def test_one_record_per_annotation_and_task_level_errors_repeat(tmp_path):
 # ---- hostile references -------------------------------------------------------------------------------
 
 def test_hostile_references_are_never_fetched_or_followed():
-    ok, rejects, _ = read(FIXTURES / "hostile_export" / "export.json")
+    export = FIXTURES / "hostile_export"
+    ok, rejects, _ = read(export / "export.json")                 # file references are off by default
+    assert not ok and [r.reason.split(":")[0] for r in rejects] == ["remote reference not allowed"] * 3 + [
+        "file reference not allowed"] * 5
+    ok, rejects, _ = read(export / "export.json", refs_dir=str(export))
     reasons = [r.reason for r in rejects]
     assert reasons == [
         "remote reference not allowed: 'data.prompt' = 'http://169.254.169.254/latest/meta-data/'",
         "remote reference not allowed: 'data.candidates[0].body' = 's3://company-bucket/answers/1.txt'",
         "remote reference not allowed: 'data.prompt' = '/data/upload/7/3f2a9c1e-prompt.txt'",
-        "path escapes export folder: 'data.candidates[0].body' = '../outside_secret.txt'",
-        "path escapes export folder: 'data.prompt' = '/etc/passwd'",
+        "path escapes refs_dir: 'data.candidates[0].body' = '../outside_secret.txt'",
+        "path escapes refs_dir: 'data.prompt' = '/etc/passwd'",
         "unreadable reference: 'data.candidates[0].body' = 'texts/missing.txt': no such file",
-        "path escapes export folder: 'data.candidates[0].body' = 'texts/../../outside_secret.txt'",
+        "path escapes refs_dir: 'data.candidates[0].body' = 'texts/../../outside_secret.txt'",
     ]
-    (inside,) = ok  # a relative path inside the export folder is read
+    (inside,) = ok  # a relative path inside refs_dir is read
     assert inside.prompt == "Which of these explains photosynthesis better?\n"
     assert inside.responses == ("Plants turn light, water and CO2 into sugar and oxygen.\n",
                                 "A short plain answer, and/or more.")
     assert all("TOP SECRET" not in r.record for r in rejects)
 
 
-def test_symlink_out_of_the_export_folder_is_refused(tmp_path):
+def test_symlink_out_of_refs_dir_is_refused(tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("TOP SECRET")
     folder = tmp_path / "export"
@@ -362,8 +366,8 @@ def test_symlink_out_of_the_export_folder_is_refused(tmp_path):
     os.symlink(secret, folder / "texts" / "link.txt")
     task = _ls_task(data={"prompt": "texts/link.txt", "candidates": [{"id": "a", "body": "x"},
                                                                      {"id": "b", "body": "y"}]})
-    _, rejects, _ = read(_write(folder, [task]))
-    assert rejects[0].reason == "path escapes export folder: 'data.prompt' = 'texts/link.txt'"
+    _, rejects, _ = read(_write(folder, [task]), refs_dir=str(folder))
+    assert rejects[0].reason == "path escapes refs_dir: 'data.prompt' = 'texts/link.txt'"
 
 
 def test_urls_in_jsonl_formats_are_plain_text(tmp_path):

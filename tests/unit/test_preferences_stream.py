@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rlhf.preferences import jsonstream
-from rlhf.preferences.jsonstream import TRUNCATED, iter_json_array, iter_jsonl
+from rlhf.preferences.jsonstream import TRUNCATED, Limits, iter_json_array, iter_jsonl
 
 CHUNKS = (1, 2, 3, 7, 64, 1 << 16)
 
@@ -74,12 +74,13 @@ def test_record_text_is_kept_and_truncated():
     assert len(rec.text) == jsonstream.MAX_RECORD_TEXT and rec.text.startswith('{"t": "xxx')
 
 
-def test_element_larger_than_the_cap_is_rejected_without_keeping_it(monkeypatch):
-    monkeypatch.setattr(jsonstream, "MAX_ELEMENT_CHARS", 1000)
+def test_element_larger_than_the_cap_is_rejected_without_keeping_it():
     text = json.dumps([{"a": 1}, {"big": "y" * 5000}, {"c": 3}])
-    got = _parse(text, 64)
-    assert got[0][0] == {"a": 1} and got[2][0] == {"c": 3}
-    assert got[1][2].startswith("record too large")
+    for chunk in (64, 1 << 16):                                   # scanned in head mode, or decoded then measured
+        got = [(r.value, r.line, r.error) for r in iter_json_array(io.StringIO(text), chunk_chars=chunk,
+                                                                   limits=Limits(max_record_bytes=1000))]
+        assert got[0][0] == {"a": 1} and got[2][0] == {"c": 3}
+        assert got[1][2] == "record too large: the element at line 1 has 5011 bytes (max_record_bytes=1000)"
 
 
 def test_invalid_utf8_inside_an_array_rejects_only_that_element(tmp_path):

@@ -4,59 +4,20 @@ each be listed as a dep or lie under a listed folder; otherwise an edit to, say,
 "up to date"."""
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 import yaml
 
+from rlhf.codeversion import code_files
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def module_file(module: str, root: Path = ROOT) -> Path | None:
-    p = root / Path(*module.split("."))
-    if (p / "__init__.py").is_file():
-        return p / "__init__.py"
-    return p.with_suffix(".py") if p.with_suffix(".py").is_file() else None
-
-
-def imported_modules(path: Path, root: Path = ROOT) -> set[str]:
-    """Every rlhf.* module an ``import`` or ``from ... import`` in ``path`` names (relative imports resolved)."""
-    package = list(path.relative_to(root).with_suffix("").parts[:-1])
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.split(".")[0] == "rlhf"}
-        elif isinstance(node, ast.ImportFrom):
-            base = package[:len(package) - node.level + 1] if node.level else []
-            module = ".".join(base + ([node.module] if node.module else []))
-            if module.split(".")[0] == "rlhf":
-                out.add(module)
-                out |= {f"{module}.{a.name}" for a in node.names}      # `from rlhf import chat` names a module
-    return out
-
-
 def code_deps(stage: str, root: Path = ROOT) -> set[str]:
-    """The source files (relative paths) of the stage's module and everything it imports from rlhf/, with the
-    packages on the way; an ``__init__.py`` holding at most a docstring is left out (nothing in it can change a
-    result)."""
-    seen: set[Path] = set()
-    todo = [f"rlhf.stages.{stage}"]
-    while todo:
-        module = todo.pop()
-        f = module_file(module, root)
-        if f is None or f in seen:
-            continue
-        seen.add(f)
-        parts = module.split(".")
-        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
-        todo += imported_modules(f, root)
-    return {p.relative_to(root).as_posix() for p in seen if p.name != "__init__.py" or not docstring_only(p)}
-
-
-def docstring_only(path: Path) -> bool:
-    body = ast.parse(path.read_text()).body
-    return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
+    """The source files (relative paths) of the stage's module and everything it imports from rlhf/ (the same walk
+    whose hash is a checkpoint's code version)."""
+    return code_files(f"rlhf.stages.{stage}", root)
 
 
 def uncovered(stage: str, deps: list[str], root: Path = ROOT) -> list[str]:
