@@ -22,11 +22,12 @@ def cmd_run(args) -> int:
 
 
 def _run(args) -> int:
-    from tasks import prefect_server
+    from tasks import prefect_server, shutdown
     server = prefect_server.start_if_needed()      # boots in its own process while the flow's imports load
     from flows.pipeline import rlhf_pipeline
     with prefect_server.using(server):
         results = rlhf_pipeline(params_path=args.params, force=args.force)
+    shutdown.check()                               # never report success after a stop was requested
     ran = [s for s, r in results.items() if r != "skipped"]
     print(f"\nstages run: {', '.join(ran) or 'none (everything up to date)'}")
     if os.path.exists("metrics/evaluate.json"):

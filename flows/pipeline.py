@@ -8,6 +8,7 @@ import time
 from prefect import flow, get_run_logger
 
 from flows.promote import promote, summary
+from tasks import shutdown
 from tasks.graph import all_stale_reasons, commit_and_status, configure, stage_order
 from tasks.lock import project_lock
 from tasks.stage import stage_task
@@ -37,6 +38,7 @@ def _pipeline(params_path: str, force: bool) -> dict:
             # same repository session as its commit): what a stage's run changes can only make later stages stale.
             stale = {} if force else all_stale_reasons(order)
             for i, stage in enumerate(order):
+                shutdown.check()                         # a stop requested while the last stage finished
                 reasons = [] if force else stale[stage]
                 if not (force or reasons):
                     log.info("%s: up to date, skipped", stage)
@@ -54,6 +56,7 @@ def _pipeline(params_path: str, force: bool) -> dict:
                 log_stage_seconds(stage, time.perf_counter() - t0)
         finally:
             os.environ.pop(PARENT_ENV, None)
+        shutdown.check()
         tag_stages_run([s for s, r in results.items() if r != "skipped"])
         # Gate the new challengers (a no-op for versions already decided): champion moves only when gates pass.
         log.info("promotion:\n%s", summary(promote(params_path)))

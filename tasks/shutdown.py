@@ -1,7 +1,7 @@
 """Stopping `rlhf run` cleanly: SIGTERM (what a scheduler, a container runtime or `kill` sends) and SIGINT (Ctrl-C)
 end the run within a bounded time and leave no process behind.
 
-- The first signal raises in the main thread (SIGTERM: ``SystemExit(143)``; SIGINT: ``KeyboardInterrupt``), so the
+- The first signal raises in the main thread, and again at the next safe point (``check``) should that raise be lost (SIGTERM: ``SystemExit(143)``; SIGINT: ``KeyboardInterrupt``), so the
   flow run is marked crashed, the MLflow run ends, the project lock is released and the temporary Prefect server
   is stopped by its exit handler, as on any other error. Inside a flow run Prefect first turns SIGTERM into its own
   ``TerminationSignal``, reports the crash, then re-delivers the signal to the handler installed before it (this
@@ -54,6 +54,19 @@ def _handler(signum, frame) -> None:
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise SystemExit(code)
+
+
+def check() -> None:
+    """Raise again, at a safe point, when a stop was requested. The handler's own raise can be lost: a signal that
+    lands while Python runs a finalizer or a weakref callback has its exception printed and ignored ("Exception
+    ignored in ..."), and the run would go on. The stage logger (every logged step), the stage task (before it
+    writes or registers anything) and the flow (between stages) call this."""
+    signum = _state["signalled"]
+    if signum is None:
+        return
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
 
 
 def install(grace: float = GRACE_S) -> None:

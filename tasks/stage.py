@@ -14,6 +14,7 @@ from rlhf.config import flatten, load_params, to_dict
 from rlhf.distributed import is_main_process
 from rlhf.finite import NonFiniteError, finite_or_none
 from rlhf.stages.common import StageResult
+from tasks import shutdown
 from tasks.figures import log_figures
 from tasks.graph import declared_stages
 from tasks.lineage import log_lineage
@@ -53,6 +54,7 @@ def _run(stage: str, cfg, module) -> tuple[StageResult, str]:
             raise NonFiniteError(f"{stage}: {e}; the stage stopped: nothing was saved or registered") from None
         finally:
             logger.close()
+        shutdown.check()                               # asked to stop: nothing is written or registered
         bad = {k: v for k, v in result.metrics.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) and finite_or_none(v) is None}
         if bad:                                        # before anything is written to metrics/ or registered

@@ -24,6 +24,7 @@ import mlflow
 from rlhf.finite import finite_or_none
 
 from rlhf.checkpoint import CKPT_SUFFIX, checkpoint_dir, fingerprint, write_json_atomic
+from tasks import shutdown
 
 EXPERIMENT = os.environ.get("RLHF_EXPERIMENT", "rlhf")
 PARENT_ENV = "RLHF_PARENT_RUN_ID"
@@ -111,6 +112,7 @@ class StageLogger:
         self.progress = for_stage(stage, cfg, every_s=every_s)
 
     def __call__(self, step: int, metrics: dict) -> None:
+        shutdown.check()                               # a stop requested by SIGTERM / SIGINT ends the loop here
         clean = {k.replace("@", "_"): float(v) for k, v in metrics.items() if finite_or_none(v) is not None}
         with_retries(mlflow.log_metrics, clean, step=int(step))
         self.progress(step, clean)

@@ -20,15 +20,16 @@ out = pathlib.Path(sys.argv[1])
 shutdown.install(grace=float(sys.argv[2]))
 shutdown.on_hard_exit(lambda: (out / "forced-cleanup").write_text("ran"))
 atexit.register(lambda: (out / "atexit").write_text("ran"))
-stubborn = sys.argv[3] == "stubborn"
 print("ready", flush=True)
 while True:
     try:
         time.sleep(0.05)
     except (SystemExit, KeyboardInterrupt) as e:
-        if not stubborn:
+        if sys.argv[3] == "polite":
             raise
-        (out / "swallowed").write_text(type(e).__name__)   # like code that catches everything and carries on
+        (out / "swallowed").write_text(type(e).__name__)   # like a finalizer whose exception Python ignores
+        if sys.argv[3] == "checks":
+            shutdown.check()                                # the next safe point raises it again
 """
 
 
@@ -68,3 +69,11 @@ def test_a_second_signal_kills_at_once(tmp_path):
     p.send_signal(signal.SIGINT)
     assert p.wait(timeout=15) == -signal.SIGKILL and time.monotonic() - t0 < 5
     assert (tmp_path / "forced-cleanup").read_text() == "ran"
+
+
+def test_a_lost_raise_is_raised_again_at_the_next_safe_point(tmp_path):
+    p = start(tmp_path, 60, "checks")
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=10) == 143
+    assert (tmp_path / "swallowed").read_text() == "SystemExit" and (tmp_path / "atexit").exists()
+    assert not (tmp_path / "forced-cleanup").exists()
