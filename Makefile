@@ -22,7 +22,7 @@ export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site_cache
 # create it on first use and reuse it across clones from here.
 export RLHF_LABEL_STUDIO_VENV ?= $(HOME)/.cache/rlhf-pipeline/label-studio-1.23.2
 
-.PHONY: venv data pipeline example-chat test test-fast report schedule bench label-studio-venv clean
+.PHONY: venv data pipeline example-chat test test-fast report schedule bench seeds label-studio-venv clean
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -58,6 +58,14 @@ report: venv
 # Ours vs TRL side by side (needs benchmarks/.venv-trl and .venv-trl112: see BENCHMARKS.md).
 bench: venv
 	$(PY) benchmarks/bench.py
+
+# Seed sweep (BENCHMARKS.md "Seed sweep"): reward, ppo and evaluate for seeds 0-4 on the outputs of `make pipeline`
+# (run that first), each seed under artifacts/seeds/; fails when a seed misses a demo target. More options through
+# SEEDS_ARGS, e.g. `make seeds SEEDS_ARGS="--jobs 2 --set ppo.kl_coef=0.1"`.
+SEEDS ?= 0-4
+SEEDS_ARGS ?=
+seeds: venv
+	$(PY) benchmarks/seeds.py --seeds $(SEEDS) $(SEEDS_ARGS)
 
 schedule: venv
 	$(VENV)/bin/rlhf schedule --cron "0 3 * * *"

@@ -100,7 +100,8 @@ def check_inputs(args, cfg) -> None:
         need += [] if "ppo" in args.stages else [seed_dir / "policy"]
         for p in need:
             if not (p / "config.json").is_file():
-                raise ConfigError(f"seed {seed}: {p} has no model (run the sweep with the stage that makes it first)")
+                raise ConfigError(f"seed {seed}: {p} has no model (run the stage that makes it first, "
+                                  f"or give --reward-from the folder of a sweep that ran reward)")
 
 
 # -- one seed, in its own process --------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ def png_base64(chart: Chart) -> str:
     for label, y in chart.hlines:
         ax.axhline(y, ls="--", lw=1, color="grey", label=label)
     ax.set_title(chart.title, fontsize=10)
-    ax.set_xlabel("step", fontsize=8)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(chart.x, fontsize=8)
+    if chart.x == "step":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3)
     if len(chart.series) + len(chart.hlines) > 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from report.data import RunFiles
-from report.model import Block, Heading, SampleRow, Samples, Table, Text, finite
+from report.model import Block, Heading, SampleRow, Samples, Table, Text, finite, fmt
 
 EXTRAS: dict[str, Callable[[RunFiles], list[Block]]] = {}
 
@@ -78,6 +78,35 @@ def reward_accuracy(run: RunFiles) -> list[Block]:
             ["accuracy vs gold judge (evaluate, all pairs)", ev.get("reward_model_accuracy_all")],
             ["pairs judged (evaluate, all pairs)", ev.get("reward_model_pairs_all")]]
     return [Heading("reward-model accuracy"), Table(("accuracy", "value"), rows)]
+
+
+PROBE_COLUMNS = ("step", "probe/kl", "probe/proxy", "probe/judge", "probe/distinct2", "probe/eos_rate")
+
+
+@extra("ppo")
+def overoptimisation(run: RunFiles) -> list[Block]:
+    """The probe's rows (plots/ppo/probe.json) as a table, and where the judge peaked against the proxy."""
+    rows = [r for r in run.plots.get("ppo", {}).get("probe", []) if finite(r.get("probe/judge"))]
+    if not rows:
+        return []
+    return [Heading("Over-optimisation probe (held-out prompts; proxy = the reward model PPO optimises)"),
+            Text(judge_peak(rows)),
+            Table(("iteration", "KL to reference", "proxy", "judge", "distinct-2", "EOS rate"),
+                  [[r.get(k) for k in PROBE_COLUMNS] for r in rows])]
+
+
+def judge_peak(rows: list[dict]) -> str:
+    """One sentence: where the judge peaked, and what the proxy and the judge did after it (Gao et al. 2022)."""
+    peak = max(range(len(rows)), key=lambda i: rows[i]["probe/judge"])
+    p, last = rows[peak], rows[-1]
+    head = (f"The judge peaked at iteration {fmt(p.get('step'))} (KL {fmt(p.get('probe/kl'))}, judge "
+            f"{fmt(p['probe/judge'])}, proxy {fmt(p.get('probe/proxy'))})")
+    if peak == len(rows) - 1:
+        return head + ", the last probe: no sign of over-optimisation yet."
+    before, after = p.get("probe/proxy"), last.get("probe/proxy")
+    moved = "rose" if finite(before) and finite(after) and after > before else "went"
+    return (head + f"; by the last probe (iteration {fmt(last.get('step'))}, KL {fmt(last.get('probe/kl'))}) the "
+            f"proxy {moved} to {fmt(after)} while the judge fell to {fmt(last['probe/judge'])}.")
 
 
 @extra("evaluate")

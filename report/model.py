@@ -69,10 +69,12 @@ class Cards:
 
 @dataclass
 class Chart:
-    """A line chart: each series is (name, [(step, value), ...]); reference lines are (label, value)."""
+    """A line chart: each series is (name, [(x, value), ...]) in row order; reference lines are (label, value);
+    ``x`` names the horizontal axis (``step``, or a metric such as ``probe/kl``)."""
     title: str
     series: list[tuple[str, list[tuple[float, float]]]]
     hlines: list[tuple[str, float]] = field(default_factory=list)
+    x: str = "step"
 
 
 @dataclass

@@ -35,6 +35,16 @@ CURVES = (
     ("reward model: batch pairwise accuracy", ("reward/accuracy",), ("held-out accuracy", "val_accuracy")),
     *((title, keys, None) for title, keys in PPO_PANELS),
 )
+# Curves against a metric rather than the step, for any stage whose plot rows carry them: (title, x key, y keys).
+# PPO's over-optimisation probe (plots/ppo/probe.json, rlhf/probe.py; Gao et al. 2022): the reward model PPO
+# optimises (proxy) and the judge against the KL to the reference, points in iteration order.
+XY_CURVES = (
+    ("Over-optimisation: reward model (proxy) and judge vs KL to the reference, held-out prompts", "probe/kl",
+     ("probe/proxy", "probe/judge")),
+    ("Held-out diversity (distinct-2) and EOS rate vs KL to the reference", "probe/kl",
+     ("probe/distinct2", "probe/eos_rate")),
+    ("Held-out KL to the reference (nats per response) at each probe", "step", ("probe/kl",)),
+)
 MAX_SERIES = 6
 
 
@@ -61,25 +71,26 @@ def curves(stage: str, plots: dict[str, list[dict]], metrics: dict) -> list[Bloc
     for name, rows in plots.items():
         found = [chart(rows, keys, title.format(stage=stage), ref and (ref[0], metrics.get(ref[1])))
                  for title, keys, ref in CURVES]
+        found += [chart(rows, keys, title.format(stage=stage), x=x) for title, x, keys in XY_CURVES]
         if not any(found):                        # a plot no curve above knows: its numeric columns
             keys = list(dict.fromkeys(k for r in rows for k in r if k != "step"))[:MAX_SERIES]
             found = [chart(rows, keys, f"{stage}: {name}")]
         charts += [c for c in found if c]
         if not any(found):
-            empty.append(Text(f"no curve in plots/{stage}/{name}.json", "muted"))
+            empty.append(Text(f"no curve in plots/{stage}/{name}.json" + ("" if rows else " (no rows)"), "muted"))
     return ([Charts(charts)] if charts else []) + empty
 
 
-def chart(rows: list[dict], keys, title: str, ref: tuple[str, Any] | None = None) -> Chart | None:
-    """``keys`` against ``step``; None when no row has a finite value of any of them."""
+def chart(rows: list[dict], keys, title: str, ref: tuple[str, Any] | None = None, x: str = "step") -> Chart | None:
+    """``keys`` against ``x`` (a column of the rows), in row order; None when no row has a finite value of any."""
     series = []
     for key in keys:
-        pts = [(float(r["step"]), float(r[key])) for r in rows if finite(r.get("step")) and finite(r.get(key))]
+        pts = [(float(r[x]), float(r[key])) for r in rows if finite(r.get(x)) and finite(r.get(key))]
         if pts:
             series.append((key, pts))
     if not series:
         return None
-    return Chart(title, series, [(ref[0], float(ref[1]))] if ref and finite(ref[1]) else [])
+    return Chart(title, series, [(ref[0], float(ref[1]))] if ref and finite(ref[1]) else [], x=x)
 
 
 def metrics_table(metrics: dict, glossary: dict[str, str] | None = None) -> Table:

@@ -281,6 +281,23 @@ class RewardConfig:
 
 
 @dataclass(frozen=True)
+class ProbeConfig:
+    """PPO's over-optimisation probe (rlhf/probe.py; Gao et al. 2022): before the first iteration, every ``every``
+    iterations and after the last, the policy answers held-out prompts (``ppo.sampling``, a fixed seed), scored by
+    the reward model PPO optimises (the proxy) and by ``judge``, against the KL to the reference."""
+    every: int = 10                     # PPO iterations between probes; 0 = off. ~3% of the demo's PPO time at 10
+    prompts: str = "artifacts/data/prompts_eval.jsonl"   # held-out prompts (evaluate's), never trained on
+    max_prompts: int = 64               # the first N of them
+    judge: str = "gold"                 # gold | reward_model | reward_model:PATH | module:function (rlhf/judges.py)
+    corpus: str = "data/corpus.jsonl"   # the gold judge's fluency statistics (judge: gold)
+    score_max_length: int = 64          # tokens of prompt + response the reward model reads when scoring
+    seed: int = 1234                    # sampling seed, the same at every probe: rows differ by the policy only
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+@dataclass(frozen=True)
 class PPOConfig:
     policy_path: str = "artifacts/models/sft"
     reward_path: str = "artifacts/models/reward"
@@ -297,6 +314,7 @@ class PPOConfig:
     cliprange: float = 0.2
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
+    entropy_coef: float = 0.0           # entropy bonus: loss -= entropy_coef * mean token entropy (0 = none)
     gamma: float = 1.0
     lam: float = 0.95
     kl_estimator: str = "k1"            # k1 | k2 | k3 (Schulman, "Approximating KL divergence")
@@ -312,6 +330,7 @@ class PPOConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)   # on the policy; the reference = adapter disabled
+    probe: ProbeConfig = field(default_factory=ProbeConfig)  # proxy vs judge against KL, on held-out prompts
     log_every: int = 1
     checkpoint_every: int = 10          # PPO iterations between checkpoints; 0 = none. ~10 s of the demo's ~1 s
                                         # iterations, a save 0.05 s (docs/operations.md)

@@ -106,12 +106,13 @@ RANGES: dict[str, dict[str, Rule]] = {
     "PPOConfig": {
         "total_episodes": COUNT, "rollout_batch_size": COUNT, "num_mini_batches": COUNT, "grad_accum": COUNT,
         "ppo_epochs": COUNT, "lr": POSITIVE, "max_grad_norm": POSITIVE, "cliprange": within(0, 1, "()"),
-        "cliprange_value": POSITIVE, "vf_coef": NONNEGATIVE, "gamma": within(0, 1, "(]"), "lam": within(0, 1, "(]"),
+        "cliprange_value": POSITIVE, "vf_coef": NONNEGATIVE, "entropy_coef": NONNEGATIVE, "gamma": within(0, 1, "(]"), "lam": within(0, 1, "(]"),
         "kl_coef": at_least(0, "0 = no KL penalty"), "target_kl": POSITIVE, "kl_horizon": COUNT,
         "missing_eos_penalty": NONNEGATIVE, "critic_train_layers": at_least(-1, "-1 = every layer trains"),
         "value_epochs": at_least(0, "0 = all"), "log_every": COUNT,
         "checkpoint_every": at_least(0, "0 = no checkpoints"), "seed": SEED,
     },
+    "ProbeConfig": {"every": at_least(0, "0 = off"), "max_prompts": COUNT, "score_max_length": TOKENS, "seed": SEED},
     "EvaluateConfig": {"max_prompts": COUNT, "gold_tie_margin": NONNEGATIVE, "rm_pairs_k": at_least(2),
                        "score_max_length": TOKENS, "seed": SEED},
     "PromoteConfig": {

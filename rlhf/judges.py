@@ -12,6 +12,9 @@
 
 A judge has ``score_many(prompts, responses, ended) -> list[float]`` (higher is better) and a ``name``. Prompts may
 be text or chat messages; each judge gets them as it needs (the gold judge reads the last user turn).
+
+``ppo.probe.judge`` takes the same specs (with ``ppo.probe.corpus``): the judge of PPO's over-optimisation curve
+(rlhf/probe.py), read against the reward model PPO optimises.
 """
 from __future__ import annotations
 
@@ -24,17 +27,17 @@ from rlhf.chat import prompt_text
 
 
 class JudgeError(ValueError):
-    """An ``evaluate.judge`` that cannot be loaded (one line naming the key)."""
+    """An ``evaluate.judge`` (or ``ppo.probe.judge``) that cannot be loaded (one line naming the key)."""
 
 
 class GoldJudgeOnText:
     """The demo's gold judge, fed the prompt's text."""
     name = "gold"
 
-    def __init__(self, corpus: str | Path):
+    def __init__(self, corpus: str | Path, key: str = "evaluate"):
         from rlhf.demo.judge import GoldJudge
         if not Path(corpus).is_file():
-            raise JudgeError(f"evaluate.corpus: {corpus} not found (the gold judge learns its fluency from it)")
+            raise JudgeError(f"{key}.corpus: {corpus} not found (the gold judge learns its fluency from it)")
         self.inner = GoldJudge.from_corpus(corpus)
 
     def score_many(self, prompts: Sequence, responses: Sequence[str], ended: Sequence[bool]) -> list[float]:
@@ -65,41 +68,45 @@ class CallableJudge:
         return scores
 
 
-def import_callable(spec: str) -> Callable:
-    """``module:function`` -> the function (the working directory is importable, as for `python -m`)."""
+def import_callable(spec: str, key: str = "evaluate") -> Callable:
+    """``module:function`` -> the function (the working directory is importable, as for `python -m`); ``key``: the
+    config section errors name."""
     module, _, attr = spec.partition(":")
     if not module or not attr:
-        raise JudgeError(f"evaluate.judge: {spec!r} is not module:function")
+        raise JudgeError(f"{key}.judge: {spec!r} is not module:function")
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
-        raise JudgeError(f"evaluate.judge: cannot import {spec!r}: {e}") from None
+        raise JudgeError(f"{key}.judge: cannot import {spec!r}: {e}") from None
     if not callable(fn):
-        raise JudgeError(f"evaluate.judge: {spec!r} is not callable")
+        raise JudgeError(f"{key}.judge: {spec!r} is not callable")
     return fn
 
 
-def check_spec(spec: str) -> str:
-    """The judge kind (gold | reward_model | callable), or JudgeError for a malformed spec (before work starts)."""
+def check_spec(spec: str, key: str = "evaluate") -> str:
+    """The judge kind (gold | reward_model | callable), or JudgeError for a malformed spec (before work starts);
+    ``key``: the config section whose ``judge`` it is (``evaluate``, ``ppo.probe``), named in the error."""
     if spec in ("gold", "reward_model"):
         return spec
     if spec.startswith("reward_model:"):
         if not Path(spec.split(":", 1)[1]).is_dir():
-            raise JudgeError(f"evaluate.judge: reward model folder {spec.split(':', 1)[1]} not found")
+            raise JudgeError(f"{key}.judge: reward model folder {spec.split(':', 1)[1]} not found")
         return "reward_model"
     if ":" in spec:
         return "callable"
-    raise JudgeError(f"evaluate.judge: {spec!r}: expected gold, reward_model, reward_model:PATH or module:function")
+    raise JudgeError(f"{key}.judge: {spec!r}: expected gold, reward_model, reward_model:PATH or module:function")
 
 
-def load_judge(spec: str, corpus: str, reward_path: str, load_scorer: Callable[[str], Any], max_length: int):
-    """The judge ``spec`` names; ``load_scorer(path)`` loads a reward model as a scorer (.model, .tok)."""
-    kind = check_spec(spec)
+def load_judge(spec: str, corpus: str, reward_path: str, load_scorer: Callable[[str], Any], max_length: int,
+               key: str = "evaluate"):
+    """The judge ``spec`` names; ``load_scorer(path)`` loads a reward model as a scorer (.model, .tok); ``key``: the
+    config section of ``spec`` and ``corpus``, named in errors."""
+    kind = check_spec(spec, key)
     if kind == "gold":
-        return GoldJudgeOnText(corpus)
+        return GoldJudgeOnText(corpus, key)
     if kind == "reward_model":
         path = spec.split(":", 1)[1] if ":" in spec else reward_path
         return RewardModelJudge(load_scorer(path), f"reward_model:{path}", max_length)
-    return CallableJudge(import_callable(spec), spec)
+    return CallableJudge(import_callable(spec, key), spec)

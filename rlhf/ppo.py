@@ -135,8 +135,14 @@ class PPOTrainer:
         mask = exp.mask[idx]
         logprobs = gather_logprobs(logits, exp.rollout.response_ids[idx])     # (b, R)
         pg_loss, clipfrac, approxkl = ppo_policy_loss(logprobs, exp.logprobs[idx], exp.advantages[idx], mask, c.cliprange)
-        with torch.no_grad():
+        if c.entropy_coef > 0:             # entropy bonus (OpenRLHF's entropy_loss_coef): keeps sampling diverse
             entropy = masked_mean(entropy_from_logits(logits), mask)
+            pg_loss = pg_loss - c.entropy_coef * entropy
+            entropy = entropy.detach()
+        else:
+            with torch.no_grad():
+                entropy = masked_mean(entropy_from_logits(logits), mask)
+        with torch.no_grad():
             ratio = masked_mean(torch.exp(logprobs - exp.logprobs[idx]), mask)
         stats = {"loss/policy": pg_loss.item(), "policy/clipfrac": clipfrac.item(), "policy/approxkl": approxkl.item(),
                  "policy/entropy": entropy.item(), "val/ratio": ratio.item()}

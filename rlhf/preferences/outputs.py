@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Iterable
 
 from rlhf.jsonl import json_line
+from rlhf.tempdirs import fsync_dir
 
 FILE_MODE = 0o644  # mkstemp creates 0600; outputs are ordinary data files
 
@@ -93,18 +94,4 @@ class OutputSet:
             f.finish()
         for f in self.files.values():
             f.commit()
-        _fsync_dir(self.out)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the renames durable (no-op where a folder cannot be opened)."""
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        fsync_dir(self.out)

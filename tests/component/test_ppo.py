@@ -124,3 +124,26 @@ def test_bf16_ppo_recomputes_behaviour_logprobs(tok, tiny_lm):
     exp = trainer.experience(rollout)
     _, stats = trainer._minibatch_loss(exp, torch.arange(exp.mask.size(0)))
     assert stats["val/ratio"] == 1.0 and stats["policy/approxkl"] == 0.0
+
+
+def test_entropy_bonus_subtracts_coef_times_entropy_and_raises_the_entropy(tok, tiny_lm):
+    import copy
+    plain = make_trainer(tok, copy.deepcopy(tiny_lm))
+    exp = plain.experience(plain.rollout(0))
+    idx = torch.arange(exp.mask.size(0))
+    loss0, stats0 = plain._minibatch_loss(exp, idx)
+    bonus = make_trainer(tok, copy.deepcopy(tiny_lm), entropy_coef=0.5)
+    loss1, stats1 = bonus._minibatch_loss(exp, idx)
+    assert stats1["policy/entropy"] == stats0["policy/entropy"] > 0
+    assert abs((float(loss0) - float(loss1)) - 0.5 * stats0["policy/entropy"]) < 1e-5
+    # The bonus's gradient alone (advantages zeroed): a step along it raises the policy's entropy on the batch.
+    exp.advantages.zero_()
+    bonus.optimizer.zero_grad()
+    loss, _ = bonus._minibatch_loss(exp, idx, train_value=False)
+    loss.backward()
+    with torch.no_grad():
+        for p in bonus.models.policy.parameters():
+            if p.grad is not None:
+                p -= 0.05 * p.grad
+    _, after = bonus._minibatch_loss(exp, idx)
+    assert after["policy/entropy"] > stats0["policy/entropy"]

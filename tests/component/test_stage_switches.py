@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from rlhf import accel
-from rlhf.config import (ComputeConfig, LoRAConfig, ModelConfig, PPOConfig, RewardConfig, SamplingConfig, SFTConfig,
-                         TrainConfig)
+from rlhf.config import (ComputeConfig, LoRAConfig, ModelConfig, PPOConfig, ProbeConfig, RewardConfig, SamplingConfig,
+                         SFTConfig, TrainConfig)
 from rlhf.data import write_jsonl
 from rlhf.modeling import RewardModel, build_gpt2, load_causal_lm, load_tokenizer
 from rlhf.stages import ppo, reward, sft
@@ -89,10 +89,14 @@ def test_ppo_stage_with_lora_bf16_and_checkpointing(project, value_model):
     cfg = PPOConfig(policy_path=str(project / "base"), reward_path=str(project / "reward"),
                     prompts=str(project / "data" / "prompts.jsonl"), out_dir=str(project / f"policy-{value_model}"),
                     value_model=value_model, total_episodes=32, rollout_batch_size=8, num_mini_batches=2, ppo_epochs=2, lr=1e-3,
-                    sampling=SAMPLING, **SWITCHES)
+                    sampling=SAMPLING, probe=ProbeConfig(every=2, prompts=str(project / "data" / "prompts.jsonl"),
+                                                         judge="reward_model"), **SWITCHES)
     res = ppo.run(cfg)
     rows = res.plots["ppo"]
     assert len(rows) == 4 and abs(rows[0]["objective/kl"]) < 1e-6   # reference = adapter disabled = start policy
+    probe = res.plots["probe"]                                      # the over-optimisation probe, switches on too
+    assert [r["step"] for r in probe] == [0, 2, 4] and abs(probe[0]["probe/kl"]) < 1e-4
+    assert all(torch.isfinite(torch.tensor(list(r.values()))).all() for r in probe)
     assert all(torch.isfinite(torch.tensor(r["loss/policy_avg"])) for r in rows)
     assert_plain_model_with_adapter(project / f"policy-{value_model}")
     # The policy's value head beside the merged model: one linear map of the 32-wide trunk, finite, and it loads

@@ -75,7 +75,7 @@ def stage_rows(page: str) -> dict[str, str]:
 def test_report_of_a_given_run_has_every_part(tiny_run, tmp_path):
     page = report(tiny_run, tmp_path, "--run-id", tiny_run["first"])
     assert f"<h1>RLHF pipeline run {tiny_run['first']}</h1>" in page
-    assert page.count('<img alt="') == 11                     # pretrain, sft, reward x2, PPO x7
+    assert page.count('<img alt="') == 14                     # pretrain, sft, reward x2, PPO x7, PPO probe x3
     assert len(re.findall(r'<tr(?: class="\w+")?><td class="num">\d+</td><td class="txt">', page)) == 8
     evaluate = json.loads((tiny_run["repo"] / "metrics" / "evaluate.json").read_text())
     from report.model import fmt

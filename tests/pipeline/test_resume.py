@@ -158,6 +158,7 @@ def rerun(crashed):
     tmp, repo = crashed["tmp"], crashed["repo"]
     shutil.copy(repo / "metrics/ppo.json", tmp / "ppo_resumed.json")
     shutil.copy(repo / "plots/ppo/ppo.json", tmp / "ppo_resumed_plot.json")
+    shutil.copy(repo / "plots/ppo/probe.json", tmp / "probe_resumed_plot.json")
     return {"stdout": out.stdout, "stderr": out.stderr, "seconds": time.time() - t0}
 
 
@@ -211,6 +212,12 @@ def test_resumed_ppo_equals_an_uninterrupted_run(crashed, rerun):
     assert without_timing(resumed) == without_timing(baseline)
     assert resumed["iterations"] == RESUME_PARAMS["ppo"]["total_episodes"] // RESUME_PARAMS["ppo"]["rollout_batch_size"]
     assert plot_rows(tmp / "ppo_resumed_plot.json") == plot_rows(repo / "plots/ppo/ppo.json")
+    # The over-optimisation probe (ppo.probe at its default interval): its rows travel in the checkpoints
+    from rlhf.config import PPOConfig
+    n_iter, every = int(resumed["iterations"]), PPOConfig().probe.every
+    probe = plot_rows(tmp / "probe_resumed_plot.json")
+    assert probe == plot_rows(repo / "plots/ppo/probe.json")
+    assert [r["step"] for r in probe] == sorted({*range(0, n_iter + 1, every), n_iter})
     assert_same_weights(repo / "artifacts/models/policy", repo / "artifacts/models/policy_base")
     print(f"\nppo resumed at iteration {crashed['killed_at']}: metrics identical ({len(without_timing(resumed))} keys); "
           f"first flow {crashed['first_seconds']:.0f}s, rerun {rerun['seconds']:.0f}s")
