@@ -27,6 +27,7 @@ def rlhf_pipeline(params_path: str = "params.yaml", force: bool = False) -> dict
 
 
 def _pipeline(params_path: str, force: bool) -> dict:
+    shutdown.watch_handlers()                    # a SIGTERM through Prefect's handler is recorded too
     log = get_run_logger()
     configure()
     order = stage_order()

@@ -41,19 +41,45 @@ def _hard_exit(why: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)     # from any thread; the exit status says what happened (137)
 
 
-def _handler(signum, frame) -> None:
-    code = 128 + signum
-    if _state["signalled"] is not None:                      # a second signal: stop now
-        _hard_exit("a second signal")
+def _record(signum: int) -> None:
+    """The first notice of a stop: remember it (``check``), say so, arm the watchdog."""
     _state["signalled"] = signum
     print(f"rlhf: {signal.Signals(signum).name} received, stopping (at most {GRACE_S:.0f} s)", file=sys.stderr,
           flush=True)
     timer = threading.Timer(GRACE_S, _hard_exit, args=(f"still running {GRACE_S:.0f} s after the signal",))
     timer.daemon = True
     timer.start()
+
+
+def _handler(signum, frame) -> None:
+    if _state["signalled"] is None:
+        _record(signum)
+    elif not _state.pop("relayed", False):                  # a second signal (not one re-delivered): stop now
+        _hard_exit("a second signal")
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
-    raise SystemExit(code)
+    raise SystemExit(128 + signum)
+
+
+def watch_handlers() -> None:
+    """Put the bookkeeping in front of a handler installed since ``install``: Prefect's flow engine replaces the
+    SIGTERM handler with its own (it raises TerminationSignal, reports the crash, then re-delivers the signal to
+    ours), and that raise can be lost the same way. Chained, the stop is recorded, so ``check`` raises at the next
+    safe point and the watchdog is armed. The flow calls this first thing; a no-op unless ``install`` ran."""
+    if not _state.get("installed") or threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        current = signal.getsignal(sig)
+        if current is _handler or not callable(current) or getattr(current, "rlhf_chained", False):
+            continue
+
+        def chained(signum, frame, _prev=current):
+            if _state["signalled"] is None:
+                _record(signum)
+                _state["relayed"] = True              # the engine re-delivers it to ``_handler``: not a second one
+            _prev(signum, frame)
+        chained.rlhf_chained = True
+        signal.signal(sig, chained)
 
 
 def check() -> None:
@@ -75,5 +101,6 @@ def install(grace: float = GRACE_S) -> None:
     GRACE_S = grace
     if threading.current_thread() is not threading.main_thread():
         return
+    _state["installed"] = True
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _handler)

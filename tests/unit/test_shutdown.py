@@ -14,21 +14,26 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = """
-import atexit, pathlib, sys, time
+import atexit, pathlib, signal, sys, time
 from tasks import shutdown
 out = pathlib.Path(sys.argv[1])
 shutdown.install(grace=float(sys.argv[2]))
 shutdown.on_hard_exit(lambda: (out / "forced-cleanup").write_text("ran"))
 atexit.register(lambda: (out / "atexit").write_text("ran"))
+if sys.argv[3] == "foreign":              # a library's handler replaces ours (Prefect's flow engine does)
+    def foreign(signum, frame):
+        raise RuntimeError("foreign handler")
+    signal.signal(signal.SIGTERM, foreign)
+    shutdown.watch_handlers()
 print("ready", flush=True)
 while True:
     try:
         time.sleep(0.05)
-    except (SystemExit, KeyboardInterrupt) as e:
+    except (SystemExit, KeyboardInterrupt, RuntimeError) as e:
         if sys.argv[3] == "polite":
             raise
         (out / "swallowed").write_text(type(e).__name__)   # like a finalizer whose exception Python ignores
-        if sys.argv[3] == "checks":
+        if sys.argv[3] in ("checks", "foreign"):
             shutdown.check()                                # the next safe point raises it again
 """
 
@@ -77,3 +82,13 @@ def test_a_lost_raise_is_raised_again_at_the_next_safe_point(tmp_path):
     assert p.wait(timeout=10) == 143
     assert (tmp_path / "swallowed").read_text() == "SystemExit" and (tmp_path / "atexit").exists()
     assert not (tmp_path / "forced-cleanup").exists()
+
+
+def test_a_stop_through_another_handler_is_recorded_and_raised_at_the_next_safe_point(tmp_path):
+    """The foreign handler's exception is swallowed (as a TerminationSignal raised inside a weakref callback is);
+    the chained bookkeeping still records the stop, so the next check ends the process with 143."""
+    p = start(tmp_path, 60, "foreign")
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=10) == 143
+    assert (tmp_path / "swallowed").read_text() == "RuntimeError"
+    assert "SIGTERM received" in p.stderr.read()
