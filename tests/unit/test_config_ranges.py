@@ -132,6 +132,15 @@ def test_the_loader_names_the_full_dotted_key(tmp_path, path, kind, many):
     assert message.startswith(f"{params}: {path}{'[0]' if many else ''} must be ") and "\n" not in message
 
 
+def assert_load_error(tmp_path, text: str, message: str) -> None:
+    """Loading ``text`` as params.yaml fails with exactly ``<path>: <message>``."""
+    params = tmp_path / "params.yaml"
+    params.write_text(text + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_params(params)
+    assert str(e.value) == f"{params}: {message}"
+
+
 @pytest.mark.parametrize("text,message", [
     ("sft: {train: {lr: -0.001}}", "sft.train.lr must be > 0 and finite, got -0.001"),
     ("ppo: {lr: .nan}", "ppo.lr must be > 0 and finite, got nan"),
@@ -148,11 +157,7 @@ def test_the_loader_names_the_full_dotted_key(tmp_path, path, kind, many):
     ("preferences: {rating_scale: [1, .inf]}", "preferences.rating_scale[1] must be finite, got inf"),
 ])
 def test_the_issue_cases_fail_when_loading(tmp_path, text, message):
-    params = tmp_path / "params.yaml"
-    params.write_text(text + "\n")
-    with pytest.raises(ConfigError) as e:
-        load_params(params)
-    assert str(e.value) == f"{params}: {message}"
+    assert_load_error(tmp_path, text, message)
 
 
 def test_range_checks_run_before_cross_field_rules_divide():
@@ -211,11 +216,7 @@ def test_exponents_without_a_dot_are_read_as_floats(tmp_path):
     ("promote: {max_kl: NaN}", "promote.max_kl: expected a number, got 'NaN'"),
 ])
 def test_numbers_as_text_bools_and_non_finite_are_refused_with_the_key(tmp_path, text, message):
-    params = tmp_path / "params.yaml"
-    params.write_text(text + "\n")
-    with pytest.raises(ConfigError) as e:
-        load_params(params)
-    assert str(e.value) == f"{params}: {message}"
+    assert_load_error(tmp_path, text, message)
 
 
 # -- the table itself ---------------------------------------------------------------------------------------------
