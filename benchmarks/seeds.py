@@ -117,9 +117,15 @@ def run_seed(args, cfg, seed: int) -> dict:
         result = importlib.import_module(f"rlhf.stages.{stage}").run(cfgs[stage])    # the core: no MLflow, no registry
         out["metrics"][stage], out["seconds"][stage] = result.metrics, time.perf_counter() - t0
         print(f"seed {seed}: {stage} done in {out['seconds'][stage]:.1f} s: {result.metrics}", flush=True)
-    path = seed_dir / "metrics.json"
-    path.write_text(json.dumps(out, indent=1, default=float) + "\n")
+    write_text_atomic(seed_dir / "metrics.json", json.dumps(out, indent=1, default=float) + "\n")
     return out
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """A killed worker leaves the old file or none, never half a JSON (rlhf.data.atomic_path)."""
+    from rlhf.data import atomic_path
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
 
 
 # -- the sweep ---------------------------------------------------------------------------------------------------
@@ -180,8 +186,7 @@ def report(args, results: dict[int, dict | None]) -> int:
                "targets": [{"key": t.key, "label": t.label, "op": t.op, "threshold": t.threshold} for t in TARGETS],
                "per_seed": {str(s): {"targets": per_seed[s], **done[s]} for s in sorted(done)},
                "summary": summarize(per_seed), "misses": lost, "pass": not lost}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    write_text_atomic(args.json, json.dumps(summary, indent=1, default=float) + "\n")
     print(f"\n(per-seed metrics and summary: {args.json})", file=sys.stderr)
     return 1 if lost else 0
 

@@ -70,12 +70,17 @@ def promote_flow(params_path: str = "params.yaml", dry_run: bool = False, force:
     return promote(params_path, dry_run=dry_run, force=force)
 
 
-@flow(name="rollback")
-def rollback_flow(model: str = POLICY_NAME) -> dict:
-    """Point ``champion`` of ``model`` back at the previous champion."""
+def rollback_champion(model: str = POLICY_NAME) -> dict:
+    """Point ``champion`` of ``model`` back at the previous champion, under the project lock (the CLI and the flow)."""
     with project_lock("rlhf rollback"):
         connect()
         return rollback(model)
+
+
+@flow(name="rollback")
+def rollback_flow(model: str = POLICY_NAME) -> dict:
+    """Point ``champion`` of ``model`` back at the previous champion."""
+    return rollback_champion(model)
 
 
 def summary(result: dict) -> str:

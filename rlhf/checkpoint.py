@@ -192,8 +192,8 @@ def list_checkpoints(root: str | Path) -> list[Checkpoint]:
 
 def latest_checkpoint(root: str | Path, fingerprint: Optional[Fingerprint] = None) -> Optional[Checkpoint]:
     """The newest complete checkpoint (matching ``fingerprint`` when given); torn or partial ones are skipped."""
-    for c in reversed(list_checkpoints(root)):
-        ckpt, _ = examine(c.path, fingerprint)
+    for p in step_folders(root):                       # newest first, each manifest read once
+        ckpt, _ = examine(p, fingerprint)
         if ckpt is not None:
             return ckpt
     return None

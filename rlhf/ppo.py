@@ -135,13 +135,11 @@ class PPOTrainer:
         mask = exp.mask[idx]
         logprobs = gather_logprobs(logits, exp.rollout.response_ids[idx])     # (b, R)
         pg_loss, clipfrac, approxkl = ppo_policy_loss(logprobs, exp.logprobs[idx], exp.advantages[idx], mask, c.cliprange)
-        if c.entropy_coef > 0:             # entropy bonus (OpenRLHF's entropy_loss_coef): keeps sampling diverse
+        with torch.set_grad_enabled(c.entropy_coef > 0):
             entropy = masked_mean(entropy_from_logits(logits), mask)
+        if c.entropy_coef > 0:             # entropy bonus (OpenRLHF's entropy_loss_coef): keeps sampling diverse
             pg_loss = pg_loss - c.entropy_coef * entropy
-            entropy = entropy.detach()
-        else:
-            with torch.no_grad():
-                entropy = masked_mean(entropy_from_logits(logits), mask)
+        entropy = entropy.detach()
         with torch.no_grad():
             ratio = masked_mean(torch.exp(logprobs - exp.logprobs[idx]), mask)
         stats = {"loss/policy": pg_loss.item(), "policy/clipfrac": clipfrac.item(), "policy/approxkl": approxkl.item(),

@@ -66,8 +66,8 @@ class Keys:
     columns: str
 
     @classmethod
-    def of(cls, key: str, path_key: str | None = None, columns_key: str | None = None) -> "Keys":
-        return cls(path_key or f"{key}.path", f"{key}.name", f"{key}.split", columns_key or f"{key}.columns")
+    def of(cls, key: str) -> "Keys":
+        return cls(f"{key}.path", f"{key}.name", f"{key}.split", f"{key}.columns")
 
 
 def describe(source: DataSource) -> str:
@@ -76,6 +76,11 @@ def describe(source: DataSource) -> str:
         return f"hub:{source.name}{':' + source.config if source.config else ''}[{source.split}]"
     path = Path(source.path)
     return f"{path}[{source.split}]" if (path / "dataset_dict.json").is_file() else str(path)
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``: one input."""
+    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
 
 
 def check_source(source: DataSource, keys: Keys) -> None:
@@ -90,7 +95,7 @@ def check_source(source: DataSource, keys: Keys) -> None:
     if not path.exists():
         raise SourceError(f"{keys.path}: {path}: no such file or folder")
     if path.is_dir():
-        if not ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        if not is_saved_dataset(path):
             raise SourceError(f"{keys.path}: {path} is a folder but not a dataset written by save_to_disk "
                               f"(no state.json or dataset_dict.json)")
     elif path.suffix.lower() not in SUFFIXES:

@@ -33,7 +33,7 @@ class ProjectLocked(RuntimeError):
     """Another process holds the project lock; the message names it."""
 
 
-_held: dict[Path, list] = {}       # lock file -> [FileLock, depth]
+_held: set[Path] = set()           # lock files this process holds
 
 
 def lock_path(project: str | Path = ".") -> Path:
@@ -87,14 +87,8 @@ def project_lock(what: str, project: str | Path = ".") -> Iterator[None]:
 
     from rlhf.distributed import is_main_process
     path = lock_path(project)
-    if path in _held:                                  # re-entrant: the flow, then its stages and promotion
-        _held[path][1] += 1
-        try:
-            yield
-        finally:
-            _held[path][1] -= 1
-        return
-    if not is_main_process() or _covered_by_ancestor(path.parent.parent):
+    if path in _held or not is_main_process() or _covered_by_ancestor(path.parent.parent):
+        # Held already: by this process (the flow, then its stages and promotion), by rank 0, or by an ancestor.
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,13 +101,13 @@ def project_lock(what: str, project: str | Path = ".") -> Iterator[None]:
     info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(
         [Path(sys.argv[0]).name, *sys.argv[1:]]) or what, "doing": what, "since": time.time()}
     path.with_suffix(".json").write_text(json.dumps(info) + "\n")
-    _held[path] = [lock, 1]
+    _held.add(path)
     previous = os.environ.get(HOLDER_ENV)
     os.environ[HOLDER_ENV] = str(os.getpid())
     try:
         yield
     finally:
-        del _held[path]
+        _held.discard(path)
         if previous is None:
             os.environ.pop(HOLDER_ENV, None)
         else:

@@ -90,26 +90,21 @@ class LocalServer:
         self.stop()
         raise RuntimeError(f"the temporary Prefect server on port {self.port} did not answer within {timeout:.0f} s")
 
-    def kill(self) -> None:
-        """Stop it now, without flushing logs (a forced exit)."""
+    def kill(self, wait: float = 3.0) -> None:
+        """Stop it now, without flushing logs (a forced exit; ``stop`` after its flush)."""
         if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            if "prefect.logging.handlers" in sys.modules:    # logs still queued go to the server before it goes
-                with contextlib.suppress(Exception):
-                    sys.modules["prefect.logging.handlers"].APILogHandler.flush()   # public: logging's flush()
             self.process.terminate()
             try:                           # a throwaway server: no reason to wait long for open connections
-                self.process.wait(timeout=5)
+                self.process.wait(timeout=wait)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None and "prefect.logging.handlers" in sys.modules:
+            with contextlib.suppress(Exception):           # logs still queued go to the server before it goes
+                sys.modules["prefect.logging.handlers"].APILogHandler.flush()   # public: logging's flush()
+        self.kill(wait=5.0)
 
 
 def start_if_needed() -> LocalServer | None:

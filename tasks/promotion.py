@@ -109,11 +109,9 @@ def judge_reward(s: Setting, g: PromoteConfig, pend: Pending) -> dict:
     """Gate the reward-model challenger on its held-out accuracy (vs the gold judge; else its val_accuracy tag)."""
     ch, champ = pend.challenger, pend.champion
     if s.judge is not None and s.judge.name != "gold" and s.heldout:
-        m = {"accuracy": preference_accuracy(load_version(REWARD_NAME, ch.version), s.heldout,
-                                             s.score_max_length)["accuracy"]}
-        if champ is not None:
-            m["champion_accuracy"] = preference_accuracy(load_version(REWARD_NAME, champ.version), s.heldout,
-                                                         s.score_max_length)["accuracy"]
+        versions = {"accuracy": ch, "champion_accuracy": champ}
+        m = {label: preference_accuracy(load_version(REWARD_NAME, mv.version), s.heldout, s.score_max_length)[
+            "accuracy"] for label, mv in versions.items() if mv is not None}
         m["accuracy_by"] = "held-out human preferences"
     elif s.judge is not None and s.judge.name == "gold":
         scorers = {"accuracy": load_version(REWARD_NAME, ch.version)}

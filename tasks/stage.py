@@ -61,7 +61,7 @@ def _run(stage: str, cfg, module) -> tuple[StageResult, str]:
             raise NonFiniteError(f"{stage}: final metrics are not finite: "
                                  + ", ".join(f"{k}={v}" for k, v in sorted(bad.items())) + "; nothing registered")
         mlflow.log_metrics({f"final/{k}": float(v) for k, v in result.metrics.items()
-                            if isinstance(v, (int, float)) and v == v})
+                            if isinstance(v, (int, float))})
         mlflow.log_artifact(str(write_metrics(stage, result.metrics)), "metrics")
         for p in write_plots(stage, result.plots):
             mlflow.log_artifact(str(p), "plots")

@@ -25,11 +25,8 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from tasks.lock import project_lock
-    from tasks.registry import connect, rollback
-    with project_lock("rlhf rollback"):
-        connect()
-        r = rollback(args.model)
+    from flows.promote import rollback_champion
+    r = rollback_champion(args.model)
     print(f"{r['model']}: champion v{r['rolled_back']} -> v{r['champion']} "
           f"(previous champion now: {('v' + r['previous_champion']) if r['previous_champion'] else 'none'})")
     return 0

@@ -176,10 +176,9 @@ class FileReader:
         are), and not a judgement seen before."""
         if isinstance(item, Reject):
             return item
-        found = non_finite([item.prompt, item.meta])          # written as is: it must be standard JSON
+        found = non_finite(item.meta)      # written as is: standard JSON only (the prompt is text or text messages)
         if found is not None:
-            path = found[0].split("]", 1)[1].lstrip(".")       # "[1].x" -> "x" (meta is the record's kept fields)
-            return ctx.reject(f"number out of range: {found[1]!r} in '{path}'")
+            return ctx.reject(f"number out of range: {found[1]!r} in '{found[0]}'")
         if self.seen is None:
             return item
         key = fingerprint(item)

@@ -39,7 +39,7 @@ from rlhf.sources import Keys, SourceError, check_source
 from .convert import group_by_item, ranking_to_pairs
 from .detect import FileReader, normalise_format
 from .elo import elo_from_groups
-from .inputs import INPUT_SUFFIXES, expand_paths, is_saved_dataset  # noqa: F401  (re-exported)
+from .inputs import expand_paths
 from .merge import Agreement, merge_item, agreement as measure_agreement
 from .outputs import OutputSet, TempFile
 from .schema import IngestError, Ranking, ReaderConfig, Reject, RejectLimitExceeded

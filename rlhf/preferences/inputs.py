@@ -4,14 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from rlhf.sources import SUFFIXES as INPUT_SUFFIXES
+from rlhf.sources import is_saved_dataset
+
 from .schema import IngestError
-
-INPUT_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv", ".parquet", ".pq", ".arrow")
-
-
-def is_saved_dataset(path: Path) -> bool:
-    """A folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``: one input."""
-    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
 
 
 def expand_paths(paths: Sequence[str | Path], exclude: Path | None = None) -> list[Path]:

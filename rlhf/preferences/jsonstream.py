@@ -29,6 +29,7 @@ from typing import IO, Any, Iterator
 
 from rlhf.jsonl import RawRecord  # noqa: F401  (the record type of every reader; defined with the line reader)
 from rlhf.jsonl import nested_reason, too_deep
+from rlhf.sources import LINE_SUFFIXES
 
 from .schema import MAX_RECORD_TEXT, ReaderConfig
 
@@ -91,7 +92,6 @@ def _utf8_size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogateescape"))
 
 
-LINE_SUFFIXES = (".jsonl", ".ndjson")
 
 
 def sniff_container(path: Path) -> str:
