@@ -17,9 +17,9 @@ from dataclasses import asdict
 from prefect import flow
 
 from rlhf.config import PromoteConfig, load_params
-from tasks.promotion import judge_policy, judge_reward, log_decisions, pending, setting
+from tasks.promotion import judge_policy, judge_reward, log_decisions, pending, setting, unloadable
 from tasks.lock import project_lock
-from tasks.registry import POLICY_NAME, REWARD_NAME, connect, rollback
+from tasks.registry import POLICY_NAME, REWARD_NAME, RegistryError, connect, rollback
 from tasks.tracking import setup_tracking
 
 
@@ -46,14 +46,23 @@ def _promote(cfg, g: PromoteConfig, prompts_path, corpus_path, reference_path, d
     reports = {"reward": rm.unchanged, "policy": pol.unchanged}
     if not (rm.unchanged and pol.unchanged):
         s = setting(cfg.evaluate, g, prompts_path, corpus_path, reference_path)
-        reports["reward"] = rm.unchanged or judge_reward(s, g, rm)
-        reports["policy"] = pol.unchanged or judge_policy(s, g, reports["reward"], pol)
+        reports["reward"] = rm.unchanged or _judged(REWARD_NAME, rm, lambda: judge_reward(s, g, rm))
+        reports["policy"] = pol.unchanged or _judged(POLICY_NAME, pol, lambda: judge_policy(s, g, reports["reward"],
+                                                                                             pol))
     for r in reports.values():
         r["dry_run"] = dry_run
     run_id = None
     if not (dry_run or all(r["decision"] == "unchanged" for r in reports.values())):
         run_id = log_decisions(reports, g)
     return _write({**reports, "run_id": run_id, "gates": asdict(g)}, report_path)
+
+
+def _judged(name: str, pend, judge) -> dict:
+    """``judge()``, or a refusal when one of its versions does not load as data (stored code, another format)."""
+    try:
+        return judge()
+    except RegistryError as e:
+        return unloadable(name, pend, e)
 
 
 def _write(result: dict, path: str | None) -> dict:
@@ -89,7 +98,8 @@ def summary(result: dict) -> str:
     for kind in ("reward", "policy"):
         r = result.get(kind) or {}
         ch = f" v{r['challenger']}" if r.get("challenger") else ""
-        champ = " -> champion" if r.get("decision") == "promoted" and not r.get("dry_run") else ""
+        champ = (f" -> champion (serve: {r['serve']})" if r.get("decision") == "promoted" and not r.get("dry_run")
+                 else "")
         out.append(f"{r.get('model', kind)}{ch}: {r.get('decision')}{champ}{' (dry run)' if r.get('dry_run') else ''}"
                    f" - {r.get('reason')}")
     return "\n".join(out)

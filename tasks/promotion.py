@@ -22,8 +22,9 @@ from rlhf.config import EvaluateConfig, PromoteConfig, SamplingConfig
 from rlhf.evaluation import (PolicyComparison, compare_policies, mean, preference_accuracy, reward_model_accuracy,
                              win_rate)
 from rlhf.gates import GateResult, decide, policy_gates, reward_gates
-from tasks.registry import (CHALLENGER, CHAMPION, POLICY_NAME, REWARD_NAME, LocalModel, RegistryError, load_model,
-                            set_champion, version_by_alias)
+from tasks.model_loading import LocalModel, load_model
+from tasks.registry import (CHALLENGER, CHAMPION, POLICY_NAME, REWARD_NAME, RegistryError, set_champion,
+                            version_by_alias)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def _float(x) -> float | None:
 
 
 def load_version(name: str, version) -> Any:
-    """The python model (with .tok and .model) of a registered version, loaded through its pyfunc."""
+    """The python model (with .tok and .model) of a registered version, its weights read as data."""
     return load_model(f"models:/{name}/{version}").unwrap_python_model()
 
 
@@ -102,7 +103,22 @@ def _decision(name: str, pend: Pending, baseline: str, metrics: dict, gates: lis
     return {"model": name, "challenger": str(pend.challenger.version),
             "champion_before": pend.champion and str(pend.champion.version), "baseline": baseline,
             "metrics": metrics, "gates": [asdict(r) for r in gates], "decision": "promoted" if ok else "refused",
-            "reason": reason}
+            "reason": reason, **serving(name, str(pend.challenger.version) if ok else
+                                        pend.champion and str(pend.champion.version))}
+
+
+def serving(name: str, version: str | None) -> dict:
+    """What a scoring server started after this decision serves: ``champion`` is resolved when the server starts,
+    so a later promotion or rollback moves what the next start serves."""
+    return {"serve": f"rlhf serve --model models:/{name}@champion", "serves": version}
+
+
+def unloadable(name: str, pend: Pending, error: Exception) -> dict:
+    """The decision when a version of this promotion cannot be loaded as data (tasks/model_loading.py): refused,
+    with the loader's reason; nothing of it ran."""
+    champ = pend.champion and str(pend.champion.version)
+    return {"model": name, "challenger": str(pend.challenger.version), "champion_before": champ, "baseline": "n/a",
+            "metrics": {}, "gates": [], "decision": "refused", "reason": f"not loaded: {error}", **serving(name, champ)}
 
 
 def judge_reward(s: Setting, g: PromoteConfig, pend: Pending) -> dict:

@@ -15,6 +15,9 @@ def report_markdown(reports: list[dict]) -> str:
     lines = ["# Promotion report", ""]
     for r in reports:
         lines += [f"## {r['model']}: {r['decision']}", "", r["reason"], ""]
+        if r.get("serve"):
+            lines += [f"serve: `{r['serve']}` (now v{r['serves']}; a rollback moves what the next start serves)"
+                      if r.get("serves") else f"serve: `{r['serve']}` once a version is champion", ""]
         if "challenger" not in r:
             continue
         lines += [f"challenger v{r['challenger']} vs {r['baseline']} (champion before: {r['champion_before']})", "",

@@ -1,8 +1,9 @@
 """The model registry: every policy and reward model a stage trains becomes an MLflow model version with its lineage
 and a model card; aliases say which version serves (``champion``) and which waits for the gates (``challenger``).
 
-- Models are MLflow pyfuncs defined *from code* (``tasks/mlflow_models``): loading runs that code and reads the
-  ``save_pretrained`` safetensors folder logged beside it; nothing is unpickled.
+- Models are data: the policy in MLflow's transformers flavour (weights, tokenizer, generation config), the reward
+  model as its ``save_pretrained`` folder with a pyfunc whose stored entry file only imports this install's scorer.
+  tasks/model_loading.py loads both without running anything stored in the registry; nothing is unpickled.
 - Lineage tags on each version (``lineage.*``): git commit, whether tracked code/params were modified, the data.dvc
   hash, the DVC hash of every dependency of the stage and of the model folder itself (computed by DVC from the
   workspace when the model is registered: the same values ``dvc commit`` writes to dvc.lock right after the stage),
@@ -31,9 +32,11 @@ HISTORY_TAG, PREVIOUS_TAG = "champion_history", "previous_champion"
 KINDS = {"policy": POLICY_NAME, "reward": REWARD_NAME}
 KIND_STAGE = {"policy": "ppo", "reward": "reward"}
 _MODELS = Path(__file__).parent / "mlflow_models"
-_CORE = Path(__file__).resolve().parent.parent / "rlhf"
 # Explicit requirements: MLflow's inferred defaults pull torchvision (STACK-NOTES trap 2).
 PIP_REQUIREMENTS = ["torch", "transformers", "safetensors", "tokenizers", "pandas"]
+# The policy's serving params: MLflow passes them to the transformers pipeline (generate keyword arguments).
+POLICY_PARAMS = {"max_new_tokens": ("long", 24), "temperature": ("double", 1.0), "top_k": ("long", 0),
+                 "top_p": ("double", 1.0), "do_sample": ("boolean", True)}
 EXAMPLE_PROMPT, EXAMPLE_RESPONSE = "the acting in this film", "was superb."
 MAX_DESCRIPTION = 5000                       # the SQL store's limit for a model version description
 
@@ -132,8 +135,9 @@ REWARD_CARD = [  # rlhf/reward_format.py: what a reward folder is, for users of 
     "generation prompt, the response, its end-of-turn token.", ""]
 
 
-def model_card(name: str, version: str, kind: str, tags: dict[str, str]) -> str:
-    """A markdown model card: what it is, how to load it, metrics, lineage, how to reproduce, params."""
+def model_card(name: str, version: str | None, kind: str, tags: dict[str, str]) -> str:
+    """A markdown model card: what it is, how to load and serve it, metrics, lineage, how to reproduce, params.
+    ``version`` None: the card logged with the model, before the registry numbers it."""
     commit = tags.get("lineage.git_commit") or "<commit>"
     metrics = {k[len("metrics."):]: v for k, v in sorted(tags.items()) if k.startswith("metrics.")}
     lineage = {k: v for k, v in sorted(tags.items()) if k.startswith("lineage.") and k != "lineage.params"}
@@ -141,9 +145,13 @@ def model_card(name: str, version: str, kind: str, tags: dict[str, str]) -> str:
     what = ("policy (causal LM): predict({prompt}) -> sampled response" if kind == "policy"
             else "reward model: predict({prompt, response[, ended]}) -> normalised score")
     use = ('generate --prompt "the acting in this film"' if kind == "policy" else "score --prompt P --response R")
-    lines = [f"# {name} v{version}", "", f"{what}. Weights: safetensors (`save_pretrained`), loaded by code.", "",
-             "## Use", "", "```", f"rlhf {use.split()[0]} --model models:/{name}/{version} {use.split(' ', 1)[1]}",
-             f'mlflow.pyfunc.load_model("models:/{name}/{version}")', "```", "",
+    uri = f"models:/{name}/{version or '<version>'}"
+    load = (f'mlflow.transformers.load_model("{uri}")   # a transformers text-generation pipeline' if kind == "policy"
+            else f'mlflow.pyfunc.load_model("{uri}")   # needs rlhf-pipeline installed')
+    lines = [f"# {name}" + (f" v{version}" if version else ""), "",
+             f"{what}. Weights: safetensors (`save_pretrained`), loaded as data.", "",
+             "## Use", "", "```", f"rlhf {use.split()[0]} --model {uri} {use.split(' ', 1)[1]}", load,
+             f"rlhf serve --model {uri} --port 5001", "```", "",
              *(REWARD_CARD if kind == "reward" else []), "## Metrics (final, stage run)", "",
              "| metric | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in metrics.items()], "",
              "## Lineage", "", "| tag | value |", "|---|---|", *[f"| {k} | `{v}` |" for k, v in lineage.items()], "",
@@ -155,46 +163,69 @@ def model_card(name: str, version: str, kind: str, tags: dict[str, str]) -> str:
 
 # ---------------------------------------------------------------------------------------------- registration
 def signature(kind: str):
+    """Policy: text in, text out, with the generation settings as params (MLflow passes them to the transformers
+    pipeline). Reward model: (prompt, response[, ended]) in, one normalised score out."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
     if kind == "policy":
         return ModelSignature(
-            inputs=Schema([ColSpec("string", "prompt")]), outputs=Schema([ColSpec("string", "response")]),
-            params=ParamSchema([ParamSpec("max_new_tokens", "long", 24), ParamSpec("temperature", "double", 1.0),
-                                ParamSpec("seed", "long", 0), ParamSpec("max_prompt_tokens", "long", 32)]))
+            inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
+            params=ParamSchema([ParamSpec(k, t, v) for k, (t, v) in POLICY_PARAMS.items()]))
     return ModelSignature(
         inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", "response"),
                        ColSpec("boolean", "ended", required=False)]),
         outputs=Schema([ColSpec("double", "score")]), params=ParamSchema([ParamSpec("max_length", "long", 64)]))
 
 
-def log_and_register(model_dir: str, name: str, kind: str, tags: dict | None = None) -> str:
-    """Log ``model_dir`` in the active run as an MLflow pyfunc ("models from code"; weights stay safetensors),
-    register it with alias ``challenger``, lineage tags and a model card; returns the new version number."""
-    import pandas as pd
+def _log_policy(model_dir: str, name: str, card: str):
+    """The policy in MLflow's transformers flavour: weights, tokenizer (chat template included) and generation
+    config as files, no code; ``mlflow.transformers.load_model`` and ``mlflow models serve`` need only mlflow and
+    transformers. (MLflow 3.17's local-checkpoint path fails on transformers 5, so the model is loaded first.)"""
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+    return mlflow.transformers.log_model(
+        {"model": model, "tokenizer": tok}, name="policy", task="text-generation", signature=signature("policy"),
+        input_example=([EXAMPLE_PROMPT], {"max_new_tokens": 4}), pip_requirements=PIP_REQUIREMENTS,
+        # return only the completion; sample (the pipeline's own default is the model's generation_config)
+        model_config={"return_full_text": False, "do_sample": True},
+        model_card=ModelCard("---\nlicense: other\n---\n" + card),   # a given card: MLflow asks no hub for one
+        registered_model_name=name)
+
+
+def _log_reward(model_dir: str, name: str):
+    """The reward model: its folder is a one-label ``*ForSequenceClassification`` model (artifact ``model``); the
+    pyfunc scores (prompt, response) through this install's scorer: the stored entry file only imports it."""
+    import pandas as pd
+    return mlflow.pyfunc.log_model(
+        name="reward", python_model=str(_MODELS / "reward_entry.py"), artifacts={"model": str(model_dir)},
+        pip_requirements=PIP_REQUIREMENTS + ["rlhf-pipeline"], signature=signature("reward"),
+        input_example=pd.DataFrame({"prompt": [EXAMPLE_PROMPT], "response": [EXAMPLE_RESPONSE]}),
+        registered_model_name=name,
+        # Declared so a user can turn it on at load time (MLflow ignores load-time keys not declared here).
+        model_config={"trust_remote_code": False})
+
+
+def log_and_register(model_dir: str, name: str, kind: str, tags: dict | None = None) -> str:
+    """Log ``model_dir`` in the active run (policy: transformers flavour; reward model: the scoring pyfunc), register
+    it with alias ``challenger``, lineage tags and a model card; returns the new version number."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
     tags = {k: str(v) for k, v in (tags or {}).items()}
     stage = tags.get("stage") or KIND_STAGE[kind]
     active = mlflow.active_run()
     run_id = tags.get("run_id") or (active.info.run_id if active else None)
-    example = pd.DataFrame({"prompt": [EXAMPLE_PROMPT]} if kind == "policy"
-                           else {"prompt": [EXAMPLE_PROMPT], "response": [EXAMPLE_RESPONSE]})
-    info = mlflow.pyfunc.log_model(
-        name=kind, python_model=str(_MODELS / ("policy_model.py" if kind == "policy" else "reward_model.py")),
-        artifacts={"model": str(model_dir)}, code_paths=[str(_CORE)], pip_requirements=PIP_REQUIREMENTS,
-        signature=signature(kind), input_example=example, registered_model_name=name,
-        # Declared so a user can turn it on at load time (MLflow ignores load-time keys not declared here);
-        # MLflow also logs it as a run param.
-        model_config={"trust_remote_code": False})
-    version = str(info.registered_model_version)
     tags.update(lineage_tags(model_dir, stage, run_id))
     if kind == "policy":
         rm = reward_model_of(tags, parse_params(tags).get("reward_path"))
         if rm:
             tags["lineage.reward_model_version"] = rm
     client = MlflowClient()
+    info = (_log_policy(model_dir, name, model_card(name, None, kind, tags)) if kind == "policy"
+            else _log_reward(model_dir, name))
+    version = str(info.registered_model_version)
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
     card = model_card(name, version, kind, tags)
@@ -301,67 +332,3 @@ def resolve(uri: str):
         return client.get_model_version(name, version or "")
     except MlflowException:
         raise RegistryError(f"{uri}: {name} has no version {version!r}") from None
-
-
-def load_model(uri: str, kind: str | None = None, trust_remote_code: bool = False):
-    """A pyfunc model from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...``, a local MLflow model
-    folder, or a local Hugging Face folder (``save_pretrained``; give ``kind``: policy | reward). Weights are read
-    into memory, so the download folder is removed before returning."""
-    import tempfile
-
-    import rlhf.generation  # noqa: F401  (import the core from this install before the model adds its code path)
-    import rlhf.train_reward  # noqa: F401
-    config = {"trust_remote_code": trust_remote_code}
-    local = Path(uri)
-    if local.is_dir() and not (local / "MLmodel").exists():
-        return LocalModel(local, kind, config)
-    if uri.startswith("models:/"):
-        mv = resolve(uri)
-        uri = f"models:/{mv.name}/{mv.version}"
-    elif not local.exists() and "://" not in uri and not uri.startswith("runs:/"):
-        raise RegistryError(f"{uri}: not a local folder nor a models:/ or runs:/ URI")
-    quiet = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"       # no download bars on the CLI's stderr
-    try:
-        with tempfile.TemporaryDirectory(prefix="rlhf-model-") as dst:
-            model = mlflow.pyfunc.load_model(uri, dst_path=None if local.exists() else dst, model_config=config)
-    except Exception as e:
-        raise RegistryError(f"{uri}: cannot load: {one_line(e)}") from None
-    finally:
-        if quiet is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = quiet
-    actual = {"PolicyModel": "policy", "RewardScorer": "reward"}.get(type(model.unwrap_python_model()).__name__)
-    if kind and actual != kind:
-        raise RegistryError(f"{uri}: is {'a ' + actual if actual else 'not an rlhf'} model, not a {kind} model")
-    return model
-
-
-class LocalModel:
-    """A plain save_pretrained folder behind the same interface as a loaded pyfunc (predict, unwrap_python_model),
-    using the very classes the registry logs."""
-
-    def __init__(self, path: Path, kind: str | None, config: dict):
-        from types import SimpleNamespace
-
-        from rlhf.reward_format import is_reward_folder
-        actual = "reward" if is_reward_folder(path) else "policy"
-        if kind and kind != actual:
-            raise RegistryError(f"{path}: is a {actual} model folder, not a {kind} model")
-        kind = actual
-        if kind == "policy":
-            from tasks.mlflow_models.policy_model import PolicyModel as cls
-        else:
-            from tasks.mlflow_models.reward_model import RewardScorer as cls
-        self.kind, self.python_model = kind, cls()
-        try:
-            self.python_model.load_context(SimpleNamespace(artifacts={"model": str(path)}, model_config=config))
-        except Exception as e:
-            raise RegistryError(f"{path}: cannot load as a {kind} model: {one_line(e)}") from None
-
-    def predict(self, data, params=None):
-        return self.python_model.predict(None, data, params)
-
-    def unwrap_python_model(self):
-        return self.python_model

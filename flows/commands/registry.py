@@ -9,7 +9,8 @@ import json
 def _load(uri: str, kind: str, trust_remote_code: bool):
     from pathlib import Path
 
-    from tasks.registry import connect, load_model
+    from tasks.model_loading import load_model
+    from tasks.registry import connect
     if not Path(uri).exists():
         connect()
     return load_model(uri, kind=kind, trust_remote_code=trust_remote_code)

@@ -1,7 +1,7 @@
-"""MLflow "models from code" definitions: loading them runs this code, never unpickles an object.
+"""What predicts with a loaded model: ``policy_model.PolicyModel`` (sampling, `rlhf generate`, promotion) and
+``reward_model.RewardScorer`` (scoring, `rlhf score`, promotion, the reward model's scoring server).
 
-``policy_model.py`` and ``reward_model.py`` are the files MLflow copies into each logged model (``python_model=``);
-the weights travel beside them as an artifact folder written by ``save_pretrained`` (safetensors).
-``trust_remote_code`` is read from the model config (logged as False); a user turns it on at load time with
-``mlflow.pyfunc.load_model(uri, model_config={"trust_remote_code": True})``.
+The registry stores the policy in MLflow's transformers flavour (weights, tokenizer with its chat template,
+generation config: no code) and the reward model as a pyfunc whose entry file ``reward_entry.py`` only imports the
+installed ``RewardScorer``. tasks/model_loading.py loads both as data.
 """

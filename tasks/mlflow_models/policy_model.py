@@ -1,10 +1,11 @@
-"""The policy as an MLflow pyfunc: predict(DataFrame{"prompt"}) -> one sampled response per row.
+"""The policy behind `rlhf generate` and promotion: predict(DataFrame{"prompt"}) -> one sampled response per row.
+(The registry holds the policy in MLflow's transformers flavour; this class reads its weights, see
+tasks/model_loading.py.)
 
-Params (part of the signature, so MLflow passes them through): max_new_tokens, temperature, seed,
+Params: max_new_tokens, temperature, seed,
 max_prompt_tokens. Repeat a prompt to get several responses; rows are sampled with one seeded generator, so the
 same input and seed give the same texts.
 """
-import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
@@ -30,5 +31,3 @@ class PolicyModel(PythonModel):
                                     max_prompt_tokens=int(p["max_prompt_tokens"]))
         return texts
 
-
-mlflow.models.set_model(PolicyModel())

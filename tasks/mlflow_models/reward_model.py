@@ -6,7 +6,6 @@ The folder is any one-label ``*ForSequenceClassification`` reward model (ours: r
 with its own tokenizer and chat template, through the same scorer as the pipeline's stages
 (rlhf/reward_scoring.py ``RewardScorer.score_texts``), so `rlhf score` gives the numbers `evaluate` and PPO use.
 A prompt is text, or (when called in Python) a list of chat messages."""
-import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
@@ -30,5 +29,3 @@ class RewardScorer(PythonModel):
         prompts = [p if isinstance(p, (list, tuple)) else str(p) for p in prompts]
         return self.scorer.score_texts(prompts, [str(r) for r in responses], ended, max_length).tolist()
 
-
-mlflow.models.set_model(RewardScorer())

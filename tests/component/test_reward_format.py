@@ -213,7 +213,7 @@ def test_rlhf_score_gives_the_stage_scorers_numbers(tok, tmp_path):
     """The registry's reward pyfunc (what `rlhf score` runs) on a local folder = RewardScorer.score_texts."""
     import pandas as pd
 
-    from tasks.registry import load_model
+    from tasks.model_loading import load_model
     save_foreign_reward_model(tmp_path / "rm")
     scorer = RewardScorer.load(tmp_path / "rm", tok)
     prompts, responses = ["the film was", "the film was"], ["great and warm.", "bad"]

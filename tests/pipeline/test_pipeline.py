@@ -100,9 +100,112 @@ def test_models_registered_and_metrics_logged(first_run):
 
 
 def test_policy_loads_from_registry_and_generates(first_run):
+    """MLflow's own loaders (transformers flavour, its pyfunc): no code of this project involved."""
     import mlflow
-    import pandas as pd
     mlflow.set_tracking_uri(first_run["uri"])
-    model = mlflow.pyfunc.load_model("models:/rlhf-policy@challenger")
-    out = model.predict(pd.DataFrame({"prompt": ["the acting in this film", "i watched this"]}))
+    pipe = mlflow.transformers.load_model("models:/rlhf-policy@challenger")
+    assert type(pipe).__name__ == "TextGenerationPipeline"
+    out = mlflow.pyfunc.load_model("models:/rlhf-policy@challenger").predict(
+        ["the acting in this film", "i watched this"], params={"max_new_tokens": 6})
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict, timeout: float = 120) -> dict:
+    import urllib.request
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def _serve(project, model: str):
+    """`rlhf serve` in its own process group on a free port; waits until it answers /ping."""
+    import subprocess
+    import time
+    import urllib.request
+
+    from tests.pipeline.conftest import BIN
+    port = _free_port()
+    log = open(project / f"serve-{port}.log", "w")
+    proc = subprocess.Popen([str(BIN / "rlhf"), "serve", "--model", model, "--port", str(port)], cwd=project,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"})
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                return proc, f"http://127.0.0.1:{port}/invocations", log
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.close()
+                raise AssertionError(f"rlhf serve did not start:\n{(project / log.name).read_text()[-3000:]}")
+            time.sleep(0.5)
+
+
+def _stop(proc, log) -> None:
+    import signal
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    log.close()
+
+
+def test_serve_champion_policy_and_reward_model_over_http(first_run, project):
+    """The real scoring server on 127.0.0.1 for the champions of the tiny run: two prompts in, two completions out;
+    the reward model's scores equal `rlhf score` on the same inputs."""
+    from mlflow import MlflowClient
+
+    from tasks.registry import CHALLENGER, CHAMPION, POLICY_NAME, REWARD_NAME, set_champion, version_by_alias
+    os.environ["MLFLOW_TRACKING_URI"] = first_run["uri"]
+    import mlflow
+    mlflow.set_tracking_uri(first_run["uri"])
+    for name in (POLICY_NAME, REWARD_NAME):      # the tiny run's gates may refuse: serving is the subject here
+        if version_by_alias(name, CHAMPION) is None:
+            set_champion(name, str(version_by_alias(name, CHALLENGER).version))
+    assert MlflowClient().get_model_version_by_alias(POLICY_NAME, CHAMPION)
+    prompts = ["the acting in this film", "i watched this"]
+    responses = ["was superb and moving.", "was dull."]
+    policy, policy_url, policy_log = _serve(project, f"models:/{POLICY_NAME}@{CHAMPION}")
+    try:
+        reward, reward_url, reward_log = _serve(project, f"models:/{REWARD_NAME}@{CHAMPION}")
+        try:
+            out = _post(policy_url, {"inputs": prompts, "params": {"max_new_tokens": 8}})
+            assert len(out["predictions"]) == 2 and all(isinstance(t, str) for t in out["predictions"]), out
+            got = _post(reward_url, {"dataframe_records": [{"prompt": prompts[0], "response": r} for r in responses]})
+        finally:
+            _stop(reward, reward_log)
+    finally:
+        _stop(policy, policy_log)
+    args = [a for r in responses for a in ("--response", r)]
+    cli = sh("rlhf", "score", "--model", f"models:/{REWARD_NAME}@{CHAMPION}", "--prompt", prompts[0], *args,
+             "--json", cwd=project)
+    want = [row["score"] for row in json.loads(cli.stdout)]
+    assert got["predictions"] == pytest.approx(want, abs=1e-5)
+    served = (project / policy_log.name).read_text()
+    assert "a policy model" in served and f"{POLICY_NAME}@{CHAMPION}" in served
+
+
+def test_policy_loads_with_mlflow_and_transformers_alone(first_run):
+    """`mlflow.transformers.load_model` in an interpreter that cannot import this project: no site processing (so
+    no editable install of rlhf-pipeline), only the site-packages folder on the path."""
+    import subprocess
+    import sys
+    import sysconfig
+    code = (
+        "import sys; sys.path.append(sys.argv[1]); import importlib.util as u\n"
+        "assert not any(u.find_spec(m) for m in ('rlhf', 'tasks', 'flows')), 'the project is importable'\n"
+        "import mlflow; mlflow.set_tracking_uri(sys.argv[2])\n"
+        "pipe = mlflow.transformers.load_model('models:/rlhf-policy@challenger')\n"
+        "out = pipe(['the acting in this film', 'i watched this'], max_new_tokens=6, do_sample=True, "
+        "return_full_text=False)\n"
+        "print(len(out), type(pipe).__name__)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code, sysconfig.get_paths()["purelib"], first_run["uri"]],
+                         capture_output=True, text=True, env=env, timeout=600, cwd="/")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-2:] == ["2", "TextGenerationPipeline"]

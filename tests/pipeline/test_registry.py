@@ -226,29 +226,39 @@ def test_registered_models_load_back_with_signature_and_predict(registry):
 
     from rlhf.modeling import RewardModel, load_tokenizer
     from rlhf.train_reward import score_texts
-    from tasks.registry import load_model
-    info = mlflow.models.get_model_info("models:/rlhf-policy@challenger")
-    assert info.signature.inputs.input_names() == ["prompt"]
-    assert {p.name for p in info.signature.params} >= {"temperature", "seed", "max_new_tokens"}
-    assert info.saved_input_example_info["artifact_path"] == "input_example.json"
-    policy = load_model("models:/rlhf-policy@challenger")
-    # The saved input example is the one prompt tasks/registry.py logs, in the signature's shape, and it predicts.
+    from tasks.model_loading import load_model
     from tasks.registry import EXAMPLE_PROMPT
-    example = policy.input_example
-    assert isinstance(example, pd.DataFrame) and example.to_dict("list") == {"prompt": [EXAMPLE_PROMPT]}
-    reply = policy.predict(example, params={"seed": 0, "max_new_tokens": 4})
-    assert len(reply) == 1 and isinstance(reply[0], str)
+    # The policy is a transformers model: MLflow's own flavour loads it as a text-generation pipeline.
+    info = mlflow.models.get_model_info("models:/rlhf-policy@challenger")
+    assert set(info.flavors) == {"transformers", "python_function"}
+    assert info.flavors["transformers"]["task"] == "text-generation"
+    assert info.flavors["python_function"]["loader_module"] == "mlflow.transformers"
+    assert {p.name for p in info.signature.params} >= {"temperature", "max_new_tokens", "do_sample"}
+    assert info.saved_input_example_info["artifact_path"] == "input_example.json"
+    pipe = mlflow.transformers.load_model("models:/rlhf-policy@challenger")
+    assert type(pipe).__name__ == "TextGenerationPipeline"
+    served = mlflow.pyfunc.load_model("models:/rlhf-policy@challenger")
+    out = served.predict([EXAMPLE_PROMPT, PROMPTS[0]], params={"max_new_tokens": 4})
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)
+    # Our loader reads the same weights as data and samples reproducibly.
+    policy = load_model("models:/rlhf-policy@challenger")
     df = pd.DataFrame({"prompt": PROMPTS[:2]})
     a = policy.predict(df, params={"seed": 3, "temperature": 0.7})
     assert len(a) == 2 and all(isinstance(t, str) for t in a)
     assert a == policy.predict(df, params={"seed": 3, "temperature": 0.7})      # seeded: reproducible
+    local = load_model(str(registry["root"] / "models" / "policy"))
+    assert a == local.predict(df, params={"seed": 3, "temperature": 0.7})       # the registered weights, exactly
+    # The reward model: a scoring signature, its folder a one-label sequence-classification model.
+    rinfo = mlflow.models.get_model_info("models:/rlhf-reward-model/1")
+    assert rinfo.signature.inputs.input_names() == ["prompt", "response", "ended"]
+    assert rinfo.saved_input_example_info["artifact_path"] == "input_example.json"
     rm = load_model("models:/rlhf-reward-model/1")
     scores = rm.predict(pd.DataFrame({"prompt": PROMPTS[:2], "response": ["was great.", "was bad."]}))
     root = registry["root"]
     tok = load_tokenizer(root / "models" / "reward")
     ref = score_texts(RewardModel.from_pretrained(root / "models" / "reward"), tok, PROMPTS[:2],
                       ["was great.", "was bad."], [True, True], 64).tolist()
-    assert scores == pytest.approx(ref, abs=1e-6)                               # the same weights, by code
+    assert scores == pytest.approx(ref, abs=1e-6)                               # the same weights, read as data
 
 
 def test_first_promotion_compares_against_reference(registry):
@@ -272,6 +282,9 @@ def test_first_promotion_compares_against_reference(registry):
     assert report["policy"]["decision"] == "promoted" and report["gates"]["max_kl"] == 1.0
     md = Path(client.download_artifacts(result["run_id"], "promotion/report.md", str(dst))).read_text()
     assert "## rlhf-policy: promoted" in md and "| kl_to_ref |" in md
+    # The report says how to serve the new champion.
+    assert pol["serve"] == "rlhf serve --model models:/rlhf-policy@champion" and pol["serves"] == "1"
+    assert "serve: `rlhf serve --model models:/rlhf-policy@champion` (now v1;" in md
 
 
 def test_failing_gate_refuses_and_keeps_champion(registry):
@@ -315,7 +328,10 @@ def test_promotion_then_rollback(registry, prefect_harness):
     client = MlflowClient()
     assert client.get_model_version_by_alias("rlhf-policy", "champion").version == pv == "3"
     assert client.get_registered_model("rlhf-policy").tags["previous_champion"] == "1"
+    from tasks.model_loading import servable
+    assert servable("models:/rlhf-policy@champion") == ("models:/rlhf-policy/3", "policy")
     moved = rollback_flow("rlhf-policy")                   # the Prefect flow (deployments, schedules)
+    assert servable("models:/rlhf-policy@champion") == ("models:/rlhf-policy/1", "policy")   # the next start
     assert moved == {"model": "rlhf-policy", "champion": "1", "rolled_back": "3", "previous_champion": None}
     assert client.get_model_version_by_alias("rlhf-policy", "champion").version == "1"
     assert "promotion.rolled_back" in client.get_model_version("rlhf-policy", "3").tags
@@ -345,6 +361,66 @@ def test_cli_generate_score_and_lineage(registry):
     assert rc == 1 and err.count("\n") == 1 and "has no alias 'nope'" in err and "champion" in err
     rc, out, err = cli("generate", "--model", "models:/rlhf-reward-model@champion", "--prompt", "x")
     assert rc == 1 and err.count("\n") == 1 and "is a reward model, not a policy model" in err
+
+
+# A registered model's stored code that leaves a trace when it runs (only when the test arms it, so that MLflow's own
+# check at log time does not trip it).
+MARKER_CODE = """import os, pathlib
+if os.environ.get("RLHF_TEST_MARKER"):
+    pathlib.Path(os.environ["RLHF_TEST_MARKER"]).write_text("stored code ran")
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class Planted(PythonModel):
+    def predict(self, context, model_input, params=None):
+        return [0.0] * len(model_input)
+
+
+mlflow.models.set_model(Planted())
+"""
+
+
+def test_stored_code_never_runs(registry, tmp_path, monkeypatch):
+    """Versions whose stored code would write a marker: `rlhf generate`, `rlhf score`, `rlhf serve` and promotion
+    refuse them (one line, naming why) and the marker never appears."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from flows.promote import promote
+    from tasks.model_loading import ENTRY
+    root, entry, marker = registry["root"], tmp_path / "planted_model.py", tmp_path / "marker"
+    entry.write_text(MARKER_CODE)
+    client = MlflowClient()
+    names = ("rlhf-policy", "rlhf-reward-model")
+    champions = {n: client.get_model_version_by_alias(n, "champion").version for n in names}
+    with mlflow.start_run(run_name="planted"):
+        pv = mlflow.pyfunc.log_model(name="policy", python_model=str(entry), registered_model_name="rlhf-policy",
+                                     artifacts={"model": str(root / "models" / "policy")}).registered_model_version
+        rv = mlflow.pyfunc.log_model(name="reward", python_model=str(entry), registered_model_name="rlhf-reward-model",
+                                     artifacts={"model": str(root / "models" / "reward")}).registered_model_version
+        # The installed entry file, but with a stored code path beside it (what the old format looked like).
+        cv = mlflow.pyfunc.log_model(name="reward2", python_model=str(ENTRY), code_paths=[str(entry)],
+                                     artifacts={"model": str(root / "models" / "reward")},
+                                     registered_model_name="rlhf-reward-model").registered_model_version
+    monkeypatch.setenv("RLHF_TEST_MARKER", str(marker))
+    rc, _, err = cli("generate", "--model", f"models:/rlhf-policy/{pv}", "--prompt", "the film was")
+    assert rc == 1 and err.count("\n") == 1 and "differs from this install's" in err, err
+    rc, _, err = cli("score", "--model", f"models:/rlhf-reward-model/{rv}", "--prompt", "p", "--response", "r")
+    assert rc == 1 and err.count("\n") == 1 and "differs from this install's" in err, err
+    rc, _, err = cli("score", "--model", f"models:/rlhf-reward-model/{cv}", "--prompt", "p", "--response", "r")
+    assert rc == 1 and err.count("\n") == 1 and "stores code paths" in err, err
+    rc, _, err = cli("serve", "--model", f"models:/rlhf-reward-model/{rv}", "--port", str(free_port()))
+    assert rc == 1 and "refused" in err, err
+    client.set_registered_model_alias("rlhf-policy", "challenger", pv)
+    client.set_registered_model_alias("rlhf-reward-model", "challenger", rv)
+    result = promote("params.yaml")
+    for kind in ("reward", "policy"):
+        r = result[kind]
+        assert r["decision"] == "refused" and r["reason"].startswith("not loaded:"), r
+        assert client.get_model_version(r["model"], r["challenger"]).tags["promotion.decision"] == "refused"
+    assert {n: client.get_model_version_by_alias(n, "champion").version for n in champions} == champions
+    assert not marker.exists()
 
 
 def test_cli_errors_are_one_line_without_a_server(registry):

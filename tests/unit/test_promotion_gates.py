@@ -166,4 +166,8 @@ def test_model_card_says_how_to_load_and_reproduce():
     assert card.startswith("# rlhf-policy v4")
     assert "git checkout abc123 && dvc checkout" in card and "dvc repro ppo" in card
     assert "| objective/kl | 1.5 |" in card and "| lr | 0.0001 |" in card
-    assert 'mlflow.pyfunc.load_model("models:/rlhf-policy/4")' in card
+    assert 'mlflow.transformers.load_model("models:/rlhf-policy/4")' in card
+    assert "rlhf serve --model models:/rlhf-policy/4" in card
+    unnumbered = model_card("rlhf-reward-model", None, "reward", tags)       # logged before the registry numbers it
+    assert unnumbered.startswith("# rlhf-reward-model\n") and "models:/rlhf-reward-model/<version>" in unnumbered
+    assert 'mlflow.pyfunc.load_model("models:/rlhf-reward-model/<version>")' in unnumbered
