@@ -22,7 +22,10 @@ def cmd_run(args) -> int:
 
 
 def _run(args) -> int:
-    from tasks import prefect_server, shutdown
+    from rlhf.config import load_params
+    from tasks import prefect_server, shutdown, work_pools
+    # Stages on work pools need a Prefect server their workers reach: say so before starting a temporary one.
+    work_pools.require_shared_api(load_params(args.params).orchestration)
     server = prefect_server.start_if_needed()      # boots in its own process while the flow's imports load
     from flows.pipeline import rlhf_pipeline
     with prefect_server.using(server):

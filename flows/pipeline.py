@@ -1,5 +1,7 @@
 """The `rlhf_pipeline` Prefect flow: runs the stages in the order dvc.yaml defines, each only when DVC says it is
-stale, under one MLflow parent run; a stage that ran is committed to dvc.lock so `dvc status` stays clean."""
+stale, under one MLflow parent run; a stage that ran is committed to dvc.lock so `dvc status` stays clean. A stage
+that params.yaml puts on a Prefect work pool (``orchestration.work_pools``) runs as a flow run of its own on that
+pool's worker (flows/stage_flow.py) while this flow waits; the bookkeeping stays here either way."""
 from __future__ import annotations
 
 import os
@@ -8,9 +10,11 @@ import time
 from prefect import flow, get_run_logger
 
 from flows.promote import promote, summary
-from tasks import shutdown
+from flows.stage_flow import deployment_for
+from rlhf.config import load_params
+from tasks import prefect_server, shutdown, work_pools
 from tasks.graph import all_stale_reasons, commit_and_status, configure, stage_order
-from tasks.lock import project_lock
+from tasks.lock import handover, project_lock
 from tasks.stage import stage_task
 from tasks.tracking import PARENT_ENV, log_stage_seconds, pipeline_run, tag_stages_run
 
@@ -31,6 +35,9 @@ def _pipeline(params_path: str, force: bool) -> dict:
     log = get_run_logger()
     configure()
     order = stage_order()
+    orchestration = load_params(params_path).orchestration
+    pools = work_pools.plan(orchestration, order, params_path)        # before any stage: names checked, API shared
+    work_pools.require_shared_api(orchestration, temporary=prefect_server.current() is not None)
     results: dict = {}
     with pipeline_run(params_path) as parent:             # continues the parent run of a crashed flow run
         os.environ[PARENT_ENV] = parent.info.run_id
@@ -38,6 +45,9 @@ def _pipeline(params_path: str, force: bool) -> dict:
             # One DVC status for the whole graph; after each stage that runs, one more for the stages after it (in the
             # same repository session as its commit): what a stage's run changes can only make later stages stale.
             stale = {} if force else all_stale_reasons(order)
+            # Every pool that a stage from the first one to run on may need: checked now, not after hours of training.
+            first = next((i for i, s in enumerate(order) if force or stale[s]), len(order))
+            work_pools.check_pools({s: pools[s] for s in order[first:] if s in pools})
             for i, stage in enumerate(order):
                 shutdown.check()                         # a stop requested while the last stage finished
                 reasons = [] if force else stale[stage]
@@ -48,7 +58,10 @@ def _pipeline(params_path: str, force: bool) -> dict:
                 log.info("%s: running (%s)", stage, "; ".join(reasons[:3]) or "forced")
                 t0 = time.perf_counter()
                 try:
-                    results[stage] = stage_task.with_options(name=stage)(stage, params_path)
+                    if stage in pools:
+                        results[stage] = _on_pool(stage, pools[stage], params_path, orchestration, parent.info.run_id)
+                    else:
+                        results[stage] = stage_task.with_options(name=stage)(stage, params_path)
                 except Exception as e:
                     log.error("%s: failed: %s: %s", stage, type(e).__name__, e)
                     raise StageFailed(f"stage {stage!r} failed: {type(e).__name__}: {e}") from e
@@ -62,3 +75,10 @@ def _pipeline(params_path: str, force: bool) -> dict:
         # Gate the new challengers (a no-op for versions already decided): champion moves only when gates pass.
         log.info("promotion:\n%s", summary(promote(params_path)))
     return results
+
+
+def _on_pool(stage: str, pool: str, params_path: str, orchestration, parent_run_id: str) -> dict:
+    """Run ``stage`` on a worker of ``pool`` under this run's lock (handed over) and wait for it."""
+    params = work_pools.parameters(stage, params_path, handover(), parent_run_id, orchestration.launcher(stage))
+    return work_pools.remote_stage_task.with_options(name=stage)(
+        stage, pool, deployment_for(pool), params, orchestration.start_timeout_s, orchestration.timeout_s)

@@ -104,7 +104,10 @@ def autocast_forward(module: nn.Module, device: torch.device, precision: str) ->
 
 # -- gradient checkpointing -----------------------------------------------------------------------------------------
 def hf_model(module: nn.Module) -> nn.Module:
-    """The Hugging Face PreTrainedModel inside a peft wrapper (or the module itself)."""
+    """The Hugging Face PreTrainedModel inside a data-parallel and/or peft wrapper (or the module itself)."""
+    from torch.nn.parallel import DistributedDataParallel
+    if isinstance(module, DistributedDataParallel):
+        module = module.module
     return module.get_base_model() if hasattr(module, "get_base_model") else module
 
 

@@ -120,6 +120,7 @@ RANGES: dict[str, dict[str, Rule]] = {
         "min_reward_model_accuracy": FRACTION, "reward_min_accuracy": FRACTION,
         "reward_min_accuracy_gain": within(-1, 1), "max_prompts": COUNT, "rm_pairs_k": at_least(2), "seed": SEED,
     },
+    "OrchestrationConfig": {"start_timeout_s": COUNT, "timeout_s": at_least(0, "0 = no limit")},
 }
 
 

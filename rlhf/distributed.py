@@ -1,25 +1,32 @@
-"""Data-parallel scale-out on torch.distributed (gloo on CPU), the same code path as a single process.
+"""Data-parallel scale-out through Hugging Face accelerate: the same code path as a single process.
 
-Started by ``torchrun --nproc_per_node N`` or ``accelerate launch --multi_gpu --num_processes N`` (both set WORLD_SIZE,
-RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), every training stage (sft, reward, ppo) runs unchanged:
+Started by ``accelerate launch --num_processes N`` (configs/accelerate/) or ``torchrun --nproc_per_node N`` (both set
+WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), every training stage (sft, reward, ppo) runs unchanged:
 
-- ``init()`` reads the world size and rank from the environment and joins the process group (``env://``);
-  without WORLD_SIZE > 1 everything here is a no-op, so the default single-process run is bit-for-bit what it was.
-- Replicas start identical (``broadcast_parameters``, as DDP does when it wraps a model) and stay identical: after the
-  backward passes of an optimiser step, ``sync_gradients`` all-reduces the gradients in one flat bucket (DDP's
-  all-reduce, done once per optimiser step instead of per micro-batch), so every rank applies the same update.
-  The loops call submodules and non-forward methods (``policy.lm`` for sampling, ``RewardModel.raw_scores``), which a
-  DDP wrapper would not see; an explicit all-reduce keeps them unchanged.
-- Batches are sharded by rank (``shard``: rows ``rank::world``); supervised losses are normalised by the GLOBAL token
-  or pair count, so the summed gradient equals the single-process one (up to float summation order).
-- PPO: each rank samples its share of the prompts with its own seed (seed + rank) and the mean gradient is used.
+- ``init()`` creates the process's ``accelerate.Accelerator`` (one per process: accelerate's state is process-wide),
+  which joins the process group: gloo on CPU (``cpu=True`` when there is no CUDA, or RLHF_DIST_BACKEND=gloo), nccl
+  on GPUs. Mixed precision comes from the accelerate launch config (ACCELERATE_MIXED_PRECISION); our own
+  ``compute.precision`` loads the weights in bf16 instead. Without WORLD_SIZE > 1 the Accelerator is a single
+  process and every call below is the plain torch operation, so a one-process run is bit-for-bit what it was.
+- ``data_parallel(module)`` is ``accelerator.prepare_model``: DistributedDataParallel, which broadcasts rank 0's
+  weights when it wraps and averages the gradients in its backward hooks (``find_unused_parameters``: PPO's epochs
+  without the value loss leave the value head unused). The training forward goes through the wrapper; sampling and
+  scoring call the unwrapped module (no gradients, nothing to reduce). Micro-batches before the last of an optimiser
+  step run under ``accelerator.no_sync`` (``micro_step``), so the gradients are reduced once per step.
+- Supervised losses are normalised by the GLOBAL token or pair count and multiplied by the world size, so DDP's mean
+  is the sum: an optimiser step equals the single-process one up to float summation order.
+- Batches are sharded by rank (``shard``: rows ``rank::world``). PPO: each rank samples its share of the prompts with
+  its own seed (seed + rank) and the mean gradient is used.
+- ``clip_grad_norm`` and the metric reductions are accelerate's (``clip_grad_norm_``, ``reduce``).
 - Only rank 0 writes outputs, checkpoints and metrics; every rank returns the same (all-reduced) metrics.
 
-The collective calls must be made by every rank in the same order: keep them outside rank-dependent branches.
+Gradients are never reduced by hand here. The collective calls must be made by every rank in the same order: keep
+them outside rank-dependent branches.
 """
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -61,28 +68,39 @@ def env_world() -> DistContext:
     return DistContext(world, rank, local)
 
 
+_ACCELERATOR = None
+
+
+def accelerator():
+    """This process's ``accelerate.Accelerator`` (created on first use; see the module docstring)."""
+    global _ACCELERATOR
+    if _ACCELERATOR is None:
+        sharded = [k for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
+                   if os.environ.get(k, "").lower() == "true"]
+        if sharded:
+            # accelerate 1.15 turns FSDP on only for accelerator devices (state.py: MULTI_GPU and the like, never
+            # MULTI_CPU: on CPU it would silently run DDP), and our loops build the optimiser before wrapping and
+            # save unsharded state dicts, which FSDP and ZeRO need done their way. Refuse rather than mislead.
+            raise RuntimeError(f"{sharded[0]}=true: sharded training (FSDP, DeepSpeed ZeRO) is not supported yet; "
+                               "use a data-parallel config (configs/accelerate/ddp.yaml or multi_cpu.yaml)")
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+        cpu = os.environ.get("RLHF_DIST_BACKEND") == "gloo" or not torch.cuda.is_available()
+        _ACCELERATOR = Accelerator(cpu=cpu, device_placement=False,
+                                   kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        if dist.is_initialized():
+            atexit.register(_shutdown)
+    return _ACCELERATOR
+
+
 def init() -> DistContext:
-    """Join the process group when launched with WORLD_SIZE > 1 (idempotent); returns this process's context.
-
-    Backend: nccl when CUDA is available (each rank on ``cuda:<LOCAL_RANK>``, as ``compute.device: auto`` places the
-    models), else gloo (STACK-NOTES 3: multi-process DDP on CPU needs gloo); RLHF_DIST_BACKEND overrides it (e.g. gloo
-    for CPU training on a GPU machine)."""
+    """This process's place in the data-parallel group (one process unless launched with WORLD_SIZE > 1)."""
     ctx = env_world()
-    if ctx.enabled and not dist.is_initialized():
-        default = "nccl" if torch.cuda.is_available() else "gloo"
-        backend = os.environ.get("RLHF_DIST_BACKEND", default)
-        if backend == "nccl":
-            torch.cuda.set_device(ctx.local_rank % torch.cuda.device_count())
-        dist.init_process_group(backend=backend, init_method="env://")
-        atexit.register(_shutdown)
-    return ctx
-
-
-def _comm_device() -> torch.device:
-    """Where the small bookkeeping tensors of a collective live: nccl only reduces CUDA tensors."""
-    if dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    if not ctx.enabled:
+        return ctx
+    acc = accelerator()
+    if acc.num_processes != ctx.world_size:
+        raise RuntimeError(f"accelerate sees {acc.num_processes} processes, WORLD_SIZE says {ctx.world_size}")
+    return DistContext(acc.num_processes, acc.process_index, acc.local_process_index)
 
 
 def _shutdown() -> None:
@@ -109,51 +127,62 @@ def shard(items: Sequence, ctx: DistContext) -> list:
 
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
-        dist.barrier()
+        accelerator().wait_for_everyone()
 
 
-def broadcast_parameters(module: torch.nn.Module, ctx: DistContext) -> None:
-    """Copy rank 0's parameters and buffers to every rank (as DDP does when it wraps a model)."""
-    if not ctx.enabled:
-        return
-    with torch.no_grad():
-        for t in list(module.parameters()) + list(module.buffers()):
-            dist.broadcast(t.data, src=0)
+def check_batch(batch_size: int, ctx: DistContext, key: str) -> None:
+    """Every rank needs a share of every batch (DDP reduces in each rank's backward)."""
+    if batch_size < ctx.world_size:
+        raise ValueError(f"{key} ({batch_size}) must be >= the number of processes ({ctx.world_size})")
 
 
-def sync_gradients(params: Iterable[torch.nn.Parameter], ctx: DistContext, average: bool) -> None:
-    """All-reduce the gradients of ``params`` across ranks in one flat bucket: sum (the losses are normalised by a
-    global count) or mean (each rank's loss is a mean over its own rows, as DDP). A parameter without a gradient on
-    some rank counts as zero there; one without a gradient on every rank keeps ``grad = None`` (as one process)."""
-    if not ctx.enabled:
-        return
-    params = [p for p in params if p.requires_grad]
-    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=_comm_device())
-    dist.all_reduce(has)
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce(flat)
-    if average:
-        flat /= ctx.world_size
-    offset = 0
-    for p, h in zip(params, has.tolist()):
-        n = p.numel()
-        if h:
-            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-        else:
-            p.grad = None
-        offset += n
+def data_parallel(module: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
+    """The module the training forward and backward go through: ``accelerator.prepare_model`` (DDP: rank 0's weights
+    broadcast now, gradients averaged in backward) under several processes, the module itself on one."""
+    if not ctx.enabled or not any(p.requires_grad for p in module.parameters()):
+        return module
+    return accelerator().prepare_model(module, device_placement=False)
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a data-parallel wrapper (or the module itself)."""
+    from torch.nn.parallel import DistributedDataParallel
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def micro_step(wrapped: torch.nn.Module, last: bool):
+    """Context for one micro-batch's forward and backward: gradients are reduced only on the ``last`` one of an
+    optimiser step (``accelerator.no_sync`` before it)."""
+    if last or unwrap(wrapped) is wrapped:
+        return contextlib.nullcontext()
+    return accelerator().no_sync(wrapped)
+
+
+def backward(loss: torch.Tensor, ctx: DistContext) -> None:
+    """``accelerator.backward`` under several processes; ``loss.backward()`` on one."""
+    if ctx.enabled:
+        accelerator().backward(loss)
+    else:
+        loss.backward()
+
+
+def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float, ctx: DistContext) -> torch.Tensor:
+    """Global gradient-norm clipping (``accelerator.clip_grad_norm_``: FSDP/DeepSpeed aware); the norm before."""
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return torch.zeros(())
+    if ctx.enabled:
+        return accelerator().clip_grad_norm_(params, max_norm)
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def all_reduce_sum(values: Sequence[float], ctx: DistContext) -> list[float]:
-    """Sum of each value over ranks (float64)."""
+    """Sum of each value over ranks (float64, ``accelerator.reduce``)."""
     if not ctx.enabled:
         return [float(v) for v in values]
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device())
-    dist.all_reduce(t)
-    return t.tolist()
+    acc = accelerator()
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=acc.device)
+    return acc.reduce(t, reduction="sum").tolist()
 
 
 def all_reduce_mean(metrics: dict[str, float], ctx: DistContext) -> dict[str, float]:

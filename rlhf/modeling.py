@@ -225,8 +225,10 @@ class RewardModel(nn.Module):
         last = out.last_hidden_state[torch.arange(idx.size(0), device=idx.device), idx]   # (B, H)
         return self.score_head(last).squeeze(-1)                                 # (B, 1) -> (B,)
 
-    def forward(self, input_ids, attention_mask) -> torch.Tensor:
-        return self.raw_scores(input_ids, attention_mask) * self.gain + self.bias
+    def forward(self, input_ids, attention_mask, raw: bool = False) -> torch.Tensor:
+        """Normalised scores (B,); ``raw``: the unnormalised ones (training, through a data-parallel wrapper)."""
+        raw_scores = self.raw_scores(input_ids, attention_mask)
+        return raw_scores if raw else raw_scores * self.gain + self.bias
 
     @classmethod
     def from_causal_lm_path(cls, path: str | Path, tokenizer=None, trust_remote_code: bool = False) -> "RewardModel":

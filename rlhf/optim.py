@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from rlhf.distributed import SINGLE, DistContext
+from rlhf.distributed import clip_grad_norm as clip_gradients
 from rlhf.finite import require_finite
 
 
@@ -45,12 +47,9 @@ def make_scheduler(optimizer, schedule: str, total_steps: int, warmup_ratio: flo
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, total_steps, warmup))
 
 
-def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
-    """Global gradient-norm clipping; returns the norm before clipping."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    if not params:
-        return 0.0
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+def clip_grad_norm(model: torch.nn.Module, max_norm: float, dist: DistContext = SINGLE) -> float:
+    """Global gradient-norm clipping (accelerate's under several processes); returns the norm before clipping."""
+    return float(clip_gradients(model.parameters(), max_norm, dist))
 
 
 def setup_training(model, cfg, total_steps: int, state: dict | None = None):
@@ -65,11 +64,11 @@ def setup_training(model, cfg, total_steps: int, state: dict | None = None):
     return opt, sched, int(state["step"])
 
 
-def optimizer_step(model, opt, sched, max_grad_norm: float, step: int | None = None) -> float:
+def optimizer_step(model, opt, sched, max_grad_norm: float, step: int | None = None, dist: DistContext = SINGLE) -> float:
     """Clip the global gradient norm, step optimiser and schedule, clear gradients; returns the norm before clipping.
     A non-finite norm (a NaN or inf loss, or an overflow) raises NonFiniteError BEFORE the update: AdamW would
     otherwise write NaN into every weight."""
-    grad_norm = clip_grad_norm(model, max_grad_norm)
+    grad_norm = clip_grad_norm(model, max_grad_norm, dist)
     require_finite(grad_norm, f"the gradient norm at optimiser step {step}" if step is not None else "the gradient norm")
     opt.step()
     sched.step()

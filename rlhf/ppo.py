@@ -13,6 +13,7 @@ every rank applies the same update. Rank 0 with one process is the single-proces
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -23,7 +24,8 @@ from rlhf.accel import model_device, to_device
 from rlhf.chat import end_ids
 from rlhf.finite import require_finite
 from rlhf.config import PPOConfig
-from rlhf.distributed import SINGLE, DistContext, all_reduce_mean, shard, sync_gradients
+from rlhf.distributed import (SINGLE, DistContext, all_reduce_mean, backward, clip_grad_norm, data_parallel, micro_step,
+                              shard)
 from rlhf.generation import encode_prompts, gather_logprobs, lm_response_logits, sample
 from rlhf.kl import AdaptiveKLController, FixedKLController
 from rlhf.logprobs import entropy_from_logits
@@ -67,6 +69,13 @@ class PPOTrainer:
                              f"x grad_accum x world size ({per_rank}) to split evenly over {dist.world_size} processes")
         self.cfg, self.models, self.tok, self.prompts, self.on_log = cfg, models, tokenizer, prompts, on_log
         self.dist = dist
+        # What the training forward and backward go through (accelerate's DDP under several processes; the modules
+        # themselves on one): the whole policy with its value head, or the language model and the separate critic.
+        # Sampling and scoring use the modules directly (no gradients).
+        if models.value_model is None:
+            self.trained = {"policy": data_parallel(models.policy, dist)}
+        else:
+            self.trained = {"lm": data_parallel(models.policy.lm, dist), "value": data_parallel(models.value_model, dist)}
         self.n_iterations = cfg.total_episodes // cfg.rollout_batch_size
         self.schedule = prompt_schedule(len(prompts), cfg.rollout_batch_size, self.n_iterations, cfg.seed)
         params = list(models.policy.parameters()) + (list(models.value_model.parameters()) if models.value_model else [])
@@ -128,10 +137,10 @@ class PPOTrainer:
         ids, attn = exp.rollout.full()
         ids, attn = ids[idx], attn[idx]                                       # (b, T)
         if self.models.value_model is None:                                        # shared trunk: one forward, both
-            logits, values = policy_forward(self.models.policy, ids, attn, ctx, c.sampling.temperature)
+            logits, values = policy_forward(self.trained["policy"], ids, attn, ctx, c.sampling.temperature)
         else:                                 # separate critic: the policy's language model alone; the critic if trained
-            logits = lm_response_logits(self.models.policy.lm, ids, attn, ctx, c.sampling.temperature)
-            values = self.models.value_model(ids, attn)[:, ctx - 1:-1] if train_value else None
+            logits = lm_response_logits(self.trained["lm"], ids, attn, ctx, c.sampling.temperature)
+            values = self.trained["value"](ids, attn)[:, ctx - 1:-1] if train_value else None
         mask = exp.mask[idx]
         logprobs = gather_logprobs(logits, exp.rollout.response_ids[idx])     # (b, R)
         pg_loss, clipfrac, approxkl = ppo_policy_loss(logprobs, exp.logprobs[idx], exp.advantages[idx], mask, c.cliprange)
@@ -168,14 +177,16 @@ class PPOTrainer:
             perm = torch.randperm(B, generator=gen).to(exp.mask.device)
             for start in range(0, B, mb):
                 for m0 in range(start, start + mb, micro):
-                    loss, stats = self._minibatch_loss(exp, perm[m0:m0 + micro], train_value=epoch < value_epochs)
-                    (loss / c.grad_accum).backward()
+                    with contextlib.ExitStack() as stack:        # DDP reduces (averages) once per mini-batch
+                        for module in self.trained.values():
+                            stack.enter_context(micro_step(module, last=m0 + micro >= start + mb))
+                        loss, stats = self._minibatch_loss(exp, perm[m0:m0 + micro], train_value=epoch < value_epochs)
+                        backward(loss / c.grad_accum, self.dist)
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0.0) + v
                         counts[k] = counts.get(k, 0) + 1
                 params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                sync_gradients(params, self.dist, average=True)       # no-op on one process
-                grad_norms.append(require_finite(torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm),
+                grad_norms.append(require_finite(clip_grad_norm(params, c.max_grad_norm, self.dist),
                                                  f"the gradient norm at PPO iteration {iteration + 1}"))
                 self.optimizer.step()
                 self.scheduler.step()

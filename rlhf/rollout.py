@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf.advantages import gae, whiten_advantages
+from rlhf.distributed import unwrap
 from rlhf.generation import (Rollout, gather_logprobs, lm_response_logits, response_logits,
                              supports_logits_to_keep)
 from rlhf.logprobs import entropy_from_logits
@@ -44,7 +45,7 @@ def policy_forward(policy, ids: torch.Tensor, attn: torch.Tensor, context_length
     response token t is read at position context_length - 1 + t (as TRL: vpred[:, context_length - 1 : -1]).
     Only the positions that predict response tokens are projected onto the vocabulary (``logits_to_keep``)."""
     n = ids.size(1) - context_length + 1
-    keep = n if supports_logits_to_keep(policy.lm) else 0
+    keep = n if supports_logits_to_keep(unwrap(policy).lm) else 0
     logits, values = policy(ids, attn, logits_to_keep=keep)               # (B, n or T, V), (B, T)
     return response_logits(logits, n - 1, temperature), values[:, context_length - 1:-1]
 

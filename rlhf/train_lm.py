@@ -3,9 +3,9 @@
 Examples are (token ids, loss mask) pairs: pretraining packs corpus texts (EOS between them) into fixed blocks and
 learns every token; SFT learns only the response tokens and the EOS appended to them (the prompt is masked).
 The batch order for the whole run is drawn up front from the seed, so a run resumed at step s sees exactly the
-batches an uninterrupted run would. Under torch.distributed (rlhf/distributed.py) every rank draws the same plan and
-takes its share of each batch; the loss is normalised by the batch's GLOBAL target count and the gradients summed
-across ranks, so an optimiser step is the single-process one up to float summation order.
+batches an uninterrupted run would. Data-parallel (accelerate, rlhf/distributed.py), every rank draws the same plan and
+takes its share of each batch; the loss is normalised by the batch's GLOBAL target count (times the world size, as
+DDP averages), so an optimiser step is the single-process one up to float summation order.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from rlhf.accel import model_device, to_device
 from rlhf.chat import as_messages, assistant_mask
 from rlhf.config import TrainConfig
 from rlhf.data import batches, encode_prompt, encode_response, pad_left
-from rlhf.distributed import SINGLE, DistContext, all_reduce_sum, shard, sync_gradients
+from rlhf.distributed import (SINGLE, DistContext, all_reduce_sum, backward, check_batch, data_parallel, micro_step,
+                              shard)
 from rlhf.modeling import position_ids_from_mask
 from rlhf.optim import optimizer_step, setup_training
 
@@ -122,7 +123,9 @@ def train_causal_lm(model, examples: list[Example], cfg: TrainConfig, pad_id: in
     total number of steps). ``dist``: this process's rank in a data-parallel group. Returns final metrics."""
     if not examples:
         raise ValueError("no training examples")
+    check_batch(cfg.batch_size, dist, "train.batch_size")
     plan = plan_batches(len(examples), cfg, seed)
+    fwd = data_parallel(model, dist)                # DDP under several processes: the forward and backward go here
     opt, sched, start = setup_training(model, cfg, len(plan), state)
     micro = max(1, cfg.batch_size // (cfg.grad_accum * dist.world_size))
     dev = model_device(model)
@@ -137,14 +140,15 @@ def train_causal_lm(model, examples: list[Example], cfg: TrainConfig, pad_id: in
             part = local[j:j + micro]
             ids, attn, lm = to_device(dev, *pad_left([examples[i].ids for i in part], pad_id,
                                                      [examples[i].mask for i in part]))
-            s, _ = nll_sum(model, ids, attn, lm)
-            (s / max(n_targets, 1)).backward()          # token mean over the whole batch, not per micro-batch
+            with micro_step(fwd, last=j + micro >= len(local)):     # DDP reduces once per optimiser step
+                s, _ = nll_sum(fwd, ids, attn, lm)
+                # token mean over the whole (global) batch, not per micro-batch; x world: DDP's mean is then the sum
+                backward(s / max(n_targets, 1) * dist.world_size if dist.enabled else s / max(n_targets, 1), dist)
             loss_total += s.item()
             tokens += int(attn.sum())
         if dist.enabled:
-            sync_gradients(model.parameters(), dist, average=False)   # sum: each loss is already / global count
             loss_total, tokens = all_reduce_sum([loss_total, tokens], dist)
-        grad_norm = optimizer_step(model, opt, sched, cfg.max_grad_norm, step + 1)
+        grad_norm = optimizer_step(model, opt, sched, cfg.max_grad_norm, step + 1, dist)
         last_loss = loss_total / max(n_targets, 1)
         if on_log and ((step + 1) % cfg.log_every == 0 or step + 1 == len(plan)):
             dt = time.perf_counter() - t0

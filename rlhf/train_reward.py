@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from rlhf.accel import model_device, to_device
 from rlhf.config import TrainConfig
 from rlhf.data import encode_prompt, encode_response, pad_left
-from rlhf.distributed import SINGLE, DistContext, all_reduce_sum, shard, sync_gradients
+from rlhf.distributed import (SINGLE, DistContext, all_reduce_sum, backward, check_batch, data_parallel, micro_step,
+                              shard)
 from rlhf.finite import NonFiniteError
 from rlhf.optim import optimizer_step, setup_training
 from rlhf.reward_format import same_tokenizer
@@ -116,9 +117,11 @@ def train_reward_model(model, groups: list[Group], cfg: TrainConfig, pad_id: int
                        state: Optional[dict] = None, on_step_end=None, dist: DistContext = SINGLE) -> dict:
     """Train the reward model in place; ``cfg.batch_size`` counts rankings (groups) per optimiser step.
     ``state``/``on_step_end`` as in train_causal_lm (checkpoint resume); under torch.distributed each rank encodes its
-    share of the batch's rankings, the loss is divided by the batch's global pair (or sequence) count and the
-    gradients are summed across ranks, so a step is the single-process one up to float summation order."""
+    share of the batch's rankings, the loss is divided by the batch's global pair (or sequence) count (times the
+    world size, as DDP averages the gradients), so a step is the single-process one up to float summation order."""
+    check_batch(cfg.batch_size, dist, "train.batch_size")
     plan = plan_batches(len(groups), cfg, seed)
+    fwd = data_parallel(model, dist)                # DDP under several processes: the forward and backward go here
     opt, sched, start = setup_training(model, cfg, len(plan), state)
     micro = max(1, cfg.batch_size // (cfg.grad_accum * dist.world_size))
     dev = model_device(model)
@@ -132,15 +135,15 @@ def train_reward_model(model, groups: list[Group], cfg: TrainConfig, pad_id: int
         loss_sum, correct = 0.0, 0.0
         for j in range(0, len(local), micro):
             ids, attn, pairs, targets = to_device(dev, *group_batch([groups[i] for i in local[j:j + micro]], pad_id))
-            scores = model.raw_scores(ids, attn)                                   # (N,)
-            pl, ok = pairwise_terms(scores, pairs, use_margin) if len(pairs) else (scores[:0], scores[:0])
-            loss = pl.sum() if loss_type == "pairwise" else ((scores - targets) ** 2).sum()
-            (loss / max(denom, 1)).backward()
+            with micro_step(fwd, last=j + micro >= len(local)):     # DDP reduces once per optimiser step
+                scores = fwd(ids, attn, raw=True)                                   # (N,) raw_scores
+                pl, ok = pairwise_terms(scores, pairs, use_margin) if len(pairs) else (scores[:0], scores[:0])
+                loss = pl.sum() if loss_type == "pairwise" else ((scores - targets) ** 2).sum()
+                backward(loss / max(denom, 1) * dist.world_size if dist.enabled else loss / max(denom, 1), dist)
             loss_sum, correct = loss_sum + loss.item(), correct + float(ok.sum())
         if dist.enabled:
-            sync_gradients(model.parameters(), dist, average=False)
             loss_sum, correct = all_reduce_sum([loss_sum, correct], dist)
-        grad_norm = optimizer_step(model, opt, sched, cfg.max_grad_norm, step + 1)
+        grad_norm = optimizer_step(model, opt, sched, cfg.max_grad_norm, step + 1, dist)
         n_pairs += total_pairs
         if on_log and ((step + 1) % cfg.log_every == 0 or step + 1 == len(plan)):
             on_log(step + 1, {"loss/reward": loss_sum / max(denom, 1), "reward/accuracy": correct / max(total_pairs, 1),

@@ -115,6 +115,15 @@ def start_if_needed() -> LocalServer | None:
     return LocalServer.start()
 
 
+_current: list[LocalServer] = []       # the temporary server the block of ``using`` runs against
+
+
+def current() -> LocalServer | None:
+    """The temporary server this process runs its flow against (None: the configured API, or Prefect's own):
+    work pools' workers cannot reach it (tasks/work_pools.py)."""
+    return _current[-1] if _current else None
+
+
 @contextlib.contextmanager
 def using(server: LocalServer | None):
     """Run the block against ``server`` (wait for it first); without one, against what Prefect is configured for."""
@@ -123,5 +132,9 @@ def using(server: LocalServer | None):
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
     server.wait()
-    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-        yield
+    _current.append(server)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        _current.remove(server)

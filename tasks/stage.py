@@ -11,7 +11,7 @@ import mlflow
 from prefect import task
 
 from rlhf.config import flatten, load_params, to_dict
-from rlhf.distributed import is_main_process
+from rlhf.distributed import env_world, is_main_process
 from rlhf.finite import NonFiniteError, finite_or_none
 from rlhf.stages.common import StageResult
 from tasks import shutdown
@@ -24,6 +24,8 @@ from tasks.tracking import StageLogger, stage_run, write_metrics, write_plots
 
 # Stages whose model output becomes a new registered version (alias "challenger").
 REGISTERS = {"reward": (REWARD_NAME, "reward"), "ppo": (POLICY_NAME, "policy")}
+# Stages whose runs carry MLflow's system metrics (CPU, memory; GPU where nvidia-ml-py is installed).
+TRAINING = {"pretrain", "sft", "reward", "ppo"}
 
 
 def stage_module_exists(stage: str) -> bool:
@@ -46,7 +48,8 @@ def _run(stage: str, cfg, module) -> tuple[StageResult, str]:
     if not is_main_process():
         # Another rank of a torchrun / accelerate launch: compute only; rank 0 tracks, writes and registers.
         return module.run(cfg, None), ""
-    with stage_run(stage, flatten(to_dict(cfg))) as run:
+    with stage_run(stage, flatten(to_dict(cfg)), {"rlhf.world_size": str(env_world().world_size)},
+                   system_metrics=stage in TRAINING) as run:
         logger = StageLogger(stage, cfg)
         try:
             result: StageResult = module.run(cfg, logger)

@@ -173,17 +173,22 @@ def _run_to_continue(marker: Optional[Path], stage: str, params_sha: str) -> Opt
 
 
 @contextmanager
-def resumable_run(run_name: str, marker: Optional[Path], params: dict, tags: dict, parent: Optional[str] = None):
+def resumable_run(run_name: str, marker: Optional[Path], params: dict, tags: dict, parent: Optional[str] = None,
+                  system_metrics: bool = False):
     """``mlflow.start_run`` that continues the run recorded in ``marker`` when an earlier attempt with the same
     ``run_name`` and params was interrupted (tag ``rlhf.resumed`` counts the restarts), instead of leaving that one
     RUNNING and starting another. The marker is removed when the body completes; on an exception the run ends
-    FAILED and the marker stays, so the next attempt continues it too."""
+    FAILED and the marker stays, so the next attempt continues it too. ``system_metrics``: MLflow's system metrics
+    monitor samples CPU, memory, disk and network (and GPU with nvidia-ml-py installed) as ``system/*`` metrics,
+    every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds (default 10)."""
     params_sha = fingerprint(sorted((k, str(v)) for k, v in params.items()))
     previous = _run_to_continue(marker, run_name, params_sha)
     if previous:
-        ctx = mlflow.start_run(run_id=previous, nested=mlflow.active_run() is not None)
+        ctx = mlflow.start_run(run_id=previous, nested=mlflow.active_run() is not None,
+                               log_system_metrics=system_metrics)
     else:
-        ctx = mlflow.start_run(run_name=run_name, parent_run_id=parent or None, nested=bool(parent))
+        ctx = mlflow.start_run(run_name=run_name, parent_run_id=parent or None, nested=bool(parent),
+                               log_system_metrics=system_metrics)
     with ctx as run:
         if previous:
             resumed = int(run.data.tags.get("rlhf.resumed", "0")) + 1
@@ -201,12 +206,12 @@ def resumable_run(run_name: str, marker: Optional[Path], params: dict, tags: dic
 
 
 @contextmanager
-def stage_run(stage: str, params: dict):
+def stage_run(stage: str, params: dict, tags: Optional[dict] = None, system_metrics: bool = False):
     """An MLflow run for one stage, nested under the pipeline's parent run when the flow started one; a stage
     started again after a crash continues its interrupted run (marker ``<out_dir>.ckpt/mlflow_run.json``)."""
     setup_tracking()
-    with resumable_run(stage, run_marker(params), params, {"rlhf.stage": stage},
-                       parent=os.environ.get(PARENT_ENV)) as run:
+    with resumable_run(stage, run_marker(params), params, {"rlhf.stage": stage, **(tags or {})},
+                       parent=os.environ.get(PARENT_ENV), system_metrics=system_metrics) as run:
         yield run
 
 

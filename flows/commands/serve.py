@@ -14,6 +14,7 @@ Requests and replies are MLflow's (docs/serving.md):
 """
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -53,7 +54,9 @@ def cmd_serve(args) -> int:
         cmd = serve_command(str(root), args.host, args.port, args.workers)
         print(f"serving {what}, a {kind} model, at http://{args.host}:{args.port}/invocations\n"
               f"try: {example_request(kind, args.host, args.port)}", file=sys.stderr, flush=True)
-        proc = subprocess.Popen(cmd)
+        # MLflow starts `uvicorn` by name: this interpreter's scripts folder first, activated or not.
+        path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+        proc = subprocess.Popen(cmd, env={**os.environ, "PATH": path})
         # Forward a stop to the server (same process group for Ctrl-C; SIGTERM reaches only us).
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, lambda s, f: proc.send_signal(signal.SIGTERM))

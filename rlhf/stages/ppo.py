@@ -144,8 +144,6 @@ def run(cfg: PPOConfig, on_log=None) -> StageResult:
     prompts = [r["prompt"] for r in load_jsonl(cfg.prompts)]
     rec = Recorder(on_log if dist.is_main else None)
     models = build_models(cfg, tok, device)
-    for module in trainable(models).values():
-        distributed.broadcast_parameters(module, dist)
     trainer = PPOTrainer(cfg, models, tok, prompts, on_log=rec, dist=dist)
     probed = Probe(cfg, models, tok, device, trainer.n_iterations, on_log if dist.is_main else None, dist.is_main)
     inputs = inputs_signature(cfg.policy_path, cfg.reward_path, cfg.prompts, *probe_inputs(cfg))

@@ -40,7 +40,6 @@ def run(cfg: PretrainConfig, on_log=None) -> StageResult:
     tok = train_tokenizer(train, cfg.tokenizer)
     model = build_gpt2(cfg.model, tok, cfg.seed)
     accel.prepare(model, device, cfg.compute)
-    distributed.broadcast_parameters(model, dist)
     block = min(cfg.train.max_length, cfg.model.n_positions)
     rec = Recorder(on_log if dist.is_main else None)
     inputs = inputs_signature(data / "corpus_train.jsonl", data / "corpus_val.jsonl")

@@ -61,7 +61,6 @@ def run(cfg: RewardConfig, on_log=None) -> StageResult:
     if cfg.lora.r:
         model.trunk = accel.apply_lora(model.trunk, cfg.lora, causal_lm=False)
     accel.prepare(model, device, cfg.compute, hf=model.trunk)
-    distributed.broadcast_parameters(model, dist)
     elo = load_elo(data / "elo.jsonl") if cfg.loss == "elo" else None
     train = encode_groups(tok, load_jsonl(data / "rankings_train.jsonl"), cfg.train.max_length, elo)
     val = encode_groups(tok, load_jsonl(data / "rankings_val.jsonl"), cfg.train.max_length, elo)

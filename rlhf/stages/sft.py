@@ -33,7 +33,6 @@ def run(cfg: SFTConfig, on_log=None) -> StageResult:
     if cfg.lora.r:
         model = accel.apply_lora(model, cfg.lora, causal_lm=True)
     accel.prepare(model, device, cfg.compute)
-    distributed.broadcast_parameters(model, dist)
     data = Path(cfg.data_dir)
     train = sft_examples(tok, load_jsonl(data / "sft_train.jsonl"), cfg.train.max_length)
     val = sft_examples(tok, load_jsonl(data / "sft_val.jsonl"), cfg.train.max_length)

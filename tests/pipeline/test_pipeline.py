@@ -125,17 +125,21 @@ def _post(url: str, body: dict, timeout: float = 120) -> dict:
 
 
 def _serve(project, model: str):
-    """`rlhf serve` in its own process group on a free port; waits until it answers /ping."""
+    """`rlhf serve` in its own process group on a free port; waits until it answers /ping. The virtualenv is not on
+    PATH (as for a user who runs .venv/bin/rlhf without activating it)."""
     import subprocess
     import time
     import urllib.request
+
+    from pathlib import Path
 
     from tests.pipeline.conftest import BIN
     port = _free_port()
     log = open(project / f"serve-{port}.log", "w")
     proc = subprocess.Popen([str(BIN / "rlhf"), "serve", "--model", model, "--port", str(port)], cwd=project,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"})
+                            env={**os.environ, "PATH": os.pathsep.join(
+                                p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != BIN)})
     deadline = time.monotonic() + 180
     while True:
         try:

@@ -34,7 +34,7 @@ ZERO_OK = {
     "PPOConfig.critic_train_layers", "PPOConfig.value_epochs", "PPOConfig.checkpoint_every", "ProbeConfig.every",
     "EvaluateConfig.gold_tie_margin", "PromoteConfig.min_win_rate", "PromoteConfig.max_kl",
     "PromoteConfig.min_gold_gain", "PromoteConfig.min_reward_model_accuracy", "PromoteConfig.reward_min_accuracy",
-    "PromoteConfig.reward_min_accuracy_gain",
+    "PromoteConfig.reward_min_accuracy_gain", "OrchestrationConfig.timeout_s",
 }
 # Keys that take any finite number, negative ones included.
 NEGATIVE_OK = {"PreferencesConfig.rating_scale", "PreferencesConfig.initial_rating", "PromoteConfig.min_gold_gain"}
@@ -51,8 +51,10 @@ def stage_module_configs() -> list[type]:
 
 
 def config_classes() -> list[type]:
+    """The dataclasses of rlhf/config.py, those it re-exports from its own small modules (rlhf/config_*.py), and the
+    stage modules' own ``Config``."""
     own = [c for c in vars(config_module).values()
-           if isinstance(c, type) and dataclasses.is_dataclass(c) and c.__module__ == "rlhf.config"]
+           if isinstance(c, type) and dataclasses.is_dataclass(c) and c.__module__.startswith("rlhf.config")]
     return own + stage_module_configs()
 
 
@@ -82,7 +84,8 @@ def build(cls: type, name: str, many: bool, value):
 
 def test_the_walk_sees_every_config_class():
     names = {c.__name__ for c in config_classes()}
-    assert {"TrainConfig", "SamplingConfig", "PPOConfig", "PromoteConfig", "PreferencesConfig"} <= names
+    assert {"TrainConfig", "SamplingConfig", "PPOConfig", "PromoteConfig", "PreferencesConfig",
+            "OrchestrationConfig"} <= names
     assert len(FIELDS) >= 80 and ("PPOConfig", "target_kl") in {(c.__name__, n) for c, n, _, _ in FIELDS}
 
 
