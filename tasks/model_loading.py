@@ -37,13 +37,11 @@ def load_model(uri: str, kind: str | None = None, trust_remote_code: bool = Fals
     local = Path(uri)
     if local.is_dir() and not (local / "MLmodel").exists():
         return LocalModel(local, kind, config)
-    if local.is_dir():
-        return LocalModel(weights_folder(local, uri, kind), kind, config)
-    if not uri.startswith(("models:/", "runs:/")) and "://" not in uri:
+    if not local.is_dir() and not uri.startswith(("models:/", "runs:/")) and "://" not in uri:
         raise RegistryError(f"{uri}: not a local folder nor a models:/ or runs:/ URI")
     with tempfile.TemporaryDirectory(prefix="rlhf-model-") as dst:
-        root = download(uri, dst)
-        return LocalModel(weights_folder(root, uri, kind), kind, config)
+        root = local if local.is_dir() else download(uri, dst)
+        return LocalModel(weights_folder(root, uri, kind, Path(dst)), kind, config)
 
 
 def download(uri: str, dst: str) -> Path:
@@ -101,8 +99,9 @@ def model_kind(root: Path, uri: str) -> str:
     return "reward"
 
 
-def weights_folder(root: Path, uri: str, kind: str | None) -> Path:
-    """The ``save_pretrained`` folder inside a downloaded MLflow model (the tokenizer merged in for a policy)."""
+def weights_folder(root: Path, uri: str, kind: str | None, scratch: Path) -> Path:
+    """The ``save_pretrained`` folder inside an MLflow model folder; for a policy, its weights and tokenizer merged
+    into a new folder under ``scratch``."""
     actual = model_kind(root, uri)
     if kind and actual != kind:
         raise RegistryError(f"{uri}: is a {actual} model, not a {kind} model")
@@ -118,7 +117,7 @@ def weights_folder(root: Path, uri: str, kind: str | None) -> Path:
     model_dir = root / str(tf.get("model_binary") or "model")
     if not (model_dir / "config.json").is_file():
         raise RegistryError(f"{uri}: no {model_dir.name}/config.json")
-    merged = Path(tempfile.mkdtemp(prefix="policy-", dir=root))
+    merged = Path(tempfile.mkdtemp(prefix="policy-", dir=scratch))
     for src in (model_dir, root / "components" / "tokenizer"):
         if src.is_dir():
             shutil.copytree(src, merged, dirs_exist_ok=True)

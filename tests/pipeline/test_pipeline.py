@@ -19,7 +19,7 @@ STAGES = ["prepare", "pretrain", "sft", "collect", "annotate", "preferences", "r
 @pytest.fixture(scope="module")
 def first_run(project, prefect_harness, tmp_path_factory):
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    cwd = os.getcwd()
+    cwd, old = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     os.chdir(project)
     try:
@@ -29,6 +29,10 @@ def first_run(project, prefect_harness, tmp_path_factory):
         yield {"first": first, "second": second, "uri": uri}
     finally:
         os.chdir(cwd)
+        if old is None:                          # later test modules see the environment they started with
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
 
 
 def test_stage_order_comes_from_dvc_yaml(project):
@@ -165,7 +169,6 @@ def test_serve_champion_policy_and_reward_model_over_http(first_run, project):
     from mlflow import MlflowClient
 
     from tasks.registry import CHALLENGER, CHAMPION, POLICY_NAME, REWARD_NAME, set_champion, version_by_alias
-    os.environ["MLFLOW_TRACKING_URI"] = first_run["uri"]
     import mlflow
     mlflow.set_tracking_uri(first_run["uri"])
     for name in (POLICY_NAME, REWARD_NAME):      # the tiny run's gates may refuse: serving is the subject here

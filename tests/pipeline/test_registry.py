@@ -248,6 +248,12 @@ def test_registered_models_load_back_with_signature_and_predict(registry):
     assert a == policy.predict(df, params={"seed": 3, "temperature": 0.7})      # seeded: reproducible
     local = load_model(str(registry["root"] / "models" / "policy"))
     assert a == local.predict(df, params={"seed": 3, "temperature": 0.7})       # the registered weights, exactly
+    # A downloaded MLflow model folder loads the same, and is left as it was.
+    folder = Path(mlflow.artifacts.download_artifacts("models:/rlhf-policy@challenger",
+                                                      dst_path=str(registry["root"] / "spare" / "dl")))
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    assert a == load_model(str(folder)).predict(df, params={"seed": 3, "temperature": 0.7})
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
     # The reward model: a scoring signature, its folder a one-label sequence-classification model.
     rinfo = mlflow.models.get_model_info("models:/rlhf-reward-model/1")
     assert rinfo.signature.inputs.input_names() == ["prompt", "response", "ended"]

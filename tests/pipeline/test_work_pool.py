@@ -129,7 +129,8 @@ def on_pool(api, tmp_path_factory):
     """The tiny pipeline run by `rlhf run` with one stage on the work pool."""
     repo = make_project(tmp_path_factory.mktemp("work_pool") / "project",
                         {"orchestration": {"work_pools": {STAGE: POOL}, "start_timeout_s": 120}})
-    env = {**project_env(repo), "PREFECT_API_URL": api["url"], "PREFECT_HOME": api["env"]["PREFECT_HOME"]}
+    env = {**project_env(repo), "PREFECT_API_URL": api["url"], "PREFECT_HOME": api["env"]["PREFECT_HOME"],
+           "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}         # whatever an earlier test left set
     t0 = time.monotonic()
     out = run(["rlhf", "run"], repo, env, timeout=900)
     print(f"rlhf run with {STAGE} on {POOL}: {time.monotonic() - t0:.0f} s")
