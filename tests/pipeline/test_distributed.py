@@ -209,3 +209,18 @@ def test_fsdp_is_refused_on_cpu_with_the_reason(one_process, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "ACCELERATE_USE_FSDP=true: sharded training (FSDP, DeepSpeed ZeRO) is not supported yet" in out.stderr
+
+
+def test_scale_benchmark_runs_unchanged_on_cpu(tmp_path):
+    """benchmarks/scale.py (the script a GPU machine runs with --procs 1,8) on CPU: 1 and 2 processes of the tiny
+    model through accelerate launch; the same global batch gives the same loss."""
+    import subprocess
+    out = tmp_path / "scale.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--size", "tiny", "--procs", "1,2",
+                          "--steps", "6", "--warmup", "2", "--batch", "4", "--seq", "32", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r["processes"] for r in rows] == [1, 2] and all(r["tokens_per_s"] > 0 for r in rows)
+    assert rel(rows[0]["final_loss"], rows[1]["final_loss"]) < 1e-4
+    assert res.stdout.count("\n| ") == 3                                      # header + one row per process count
