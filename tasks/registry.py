@@ -180,19 +180,25 @@ def signature(kind: str):
 def _log_policy(model_dir: str, name: str, card: str):
     """The policy in MLflow's transformers flavour: weights, tokenizer (chat template included) and generation
     config as files, no code; ``mlflow.transformers.load_model`` and ``mlflow models serve`` need only mlflow and
-    transformers. (MLflow 3.17's local-checkpoint path fails on transformers 5, so the model is loaded first.)"""
+    transformers. A model with a chat template is logged for MLflow's ``llm/v1/chat`` task (OpenAI-style chat
+    completions: messages in, the template applied by the tokenizer), any other for ``text-generation``.
+    (MLflow 3.17's local-checkpoint path fails on transformers 5, so the model is loaded first.)"""
     from huggingface_hub import ModelCard
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+    common = dict(pip_requirements=PIP_REQUIREMENTS, registered_model_name=name,
+                  model_card=ModelCard("---\nlicense: other\n---\n" + card))   # given: MLflow asks no hub for one
+    if getattr(tok, "chat_template", None):
+        return mlflow.transformers.log_model(    # MLflow writes the chat signature
+            {"model": model, "tokenizer": tok}, name="policy", task="llm/v1/chat",
+            input_example={"messages": [{"role": "user", "content": EXAMPLE_PROMPT}], "max_tokens": 4}, **common)
     return mlflow.transformers.log_model(
         {"model": model, "tokenizer": tok}, name="policy", task="text-generation", signature=signature("policy"),
-        input_example=([EXAMPLE_PROMPT], {"max_new_tokens": 4}), pip_requirements=PIP_REQUIREMENTS,
+        input_example=([EXAMPLE_PROMPT], {"max_new_tokens": 4}),
         # return only the completion; sample (the pipeline's own default is the model's generation_config)
-        model_config={"return_full_text": False, "do_sample": True},
-        model_card=ModelCard("---\nlicense: other\n---\n" + card),   # a given card: MLflow asks no hub for one
-        registered_model_name=name)
+        model_config={"return_full_text": False, "do_sample": True}, **common)
 
 
 def _log_reward(model_dir: str, name: str):

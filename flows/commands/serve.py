@@ -10,6 +10,8 @@ Requests and replies are MLflow's (docs/serving.md):
 
     policy:  POST /invocations {"inputs": ["prompt 1", "prompt 2"], "params": {"max_new_tokens": 24}}
              -> {"predictions": ["completion 1", "completion 2"]}
+    chat policy (a chat template): POST /invocations {"messages": [{"role": "user", "content": "..."}],
+             "max_tokens": 24} -> an OpenAI-style chat.completion
     reward:  POST /invocations {"dataframe_records": [{"prompt": "p", "response": "r"}]} -> {"predictions": [0.41]}
 """
 from __future__ import annotations
@@ -27,8 +29,9 @@ def serve_command(model: str, host: str, port: int, workers: int) -> list[str]:
             "--host", host, "--port", str(port), "--workers", str(workers)]
 
 
-def example_request(kind: str, host: str, port: int) -> str:
-    body = ('{"inputs": ["the acting in this film"], "params": {"max_new_tokens": 24}}' if kind == "policy"
+def example_request(kind: str, host: str, port: int, chat: bool = False) -> str:
+    body = ('{"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 24}' if chat
+            else '{"inputs": ["the acting in this film"], "params": {"max_new_tokens": 24}}' if kind == "policy"
             else '{"dataframe_records": [{"prompt": "the acting in this film", "response": "was superb."}]}')
     return f"curl -s http://{host}:{port}/invocations -H 'Content-Type: application/json' -d '{body}'"
 
@@ -36,7 +39,7 @@ def example_request(kind: str, host: str, port: int) -> str:
 def cmd_serve(args) -> int:
     from pathlib import Path
 
-    from tasks.model_loading import download, model_kind, resolve
+    from tasks.model_loading import download, model_kind, read_mlmodel, resolve
     from tasks.registry import connect
     if not 0 < args.port < 65536 or args.workers < 1:
         raise ValueError("--port must be 1-65535 and --workers >= 1")
@@ -51,9 +54,10 @@ def cmd_serve(args) -> int:
             what = f"{args.model} (v{mv.version})" if mv else args.model
             root = download(f"models:/{mv.name}/{mv.version}" if mv else args.model, dst)
         kind = model_kind(root, args.model)
+        chat = read_mlmodel(root, args.model)["flavors"].get("transformers", {}).get("inference_task") == "llm/v1/chat"
         cmd = serve_command(str(root), args.host, args.port, args.workers)
-        print(f"serving {what}, a {kind} model, at http://{args.host}:{args.port}/invocations\n"
-              f"try: {example_request(kind, args.host, args.port)}", file=sys.stderr, flush=True)
+        print(f"serving {what}, a {'chat ' if chat else ''}{kind} model, at http://{args.host}:{args.port}/invocations"
+              f"\ntry: {example_request(kind, args.host, args.port, chat)}", file=sys.stderr, flush=True)
         # MLflow starts `uvicorn` by name: this interpreter's scripts folder first, activated or not.
         path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
         proc = subprocess.Popen(cmd, env={**os.environ, "PATH": path})
