@@ -21,7 +21,7 @@ class OrchestrationConfig:
 
     def __post_init__(self) -> None:
         # FieldError: each message starts with its key, so the loader prefixes "orchestration." to it.
-        from rlhf.config import FieldError, check_ranges
+        from rlhf.config_base import FieldError, check_ranges
         check_ranges(self)
         for kind, mapping in (("work_pools", self.work_pools), ("launchers", self.launchers)):
             for stage, value in mapping.items():
