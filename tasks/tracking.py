@@ -86,10 +86,10 @@ def retrying(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 def setup_tracking(root: str | Path = ".") -> str:
-    """Point MLflow at the embedded store unless MLFLOW_TRACKING_URI says otherwise; ensure the experiment."""
+    """Point MLflow at the embedded store unless MLFLOW_TRACKING_URI says otherwise; ensure the experiment. Set
+    explicitly either way: a URI set earlier in this process (mlflow.set_tracking_uri) would win over the variable."""
     root = Path(root).resolve()
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}")
     uri = mlflow.get_tracking_uri()
     if with_retries(mlflow.get_experiment_by_name, EXPERIMENT) is None:
         local = uri.startswith("sqlite:") or uri.startswith("file:")

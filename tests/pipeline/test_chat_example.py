@@ -89,11 +89,21 @@ def test_the_chat_example_runs_end_to_end(example):
     assert {"rlhf-policy", "rlhf-reward-model"} <= names
     # A chat policy is registered for MLflow's chat task: messages in, the chat template applied, a completion out.
     import mlflow
-    mlflow.set_tracking_uri(f"sqlite:///{example / 'mlflow.db'}")
-    info = mlflow.models.get_model_info("models:/rlhf-policy@challenger")
-    assert info.flavors["transformers"]["inference_task"] == "llm/v1/chat"      # on a text-generation pipeline
-    reply = mlflow.pyfunc.load_model("models:/rlhf-policy@challenger").predict(
-        {"messages": [{"role": "user", "content": "Continue this movie review: the acting"}], "max_tokens": 8})
-    assert reply[0]["object"] == "chat.completion" and isinstance(reply[0]["choices"][0]["message"]["content"], str)
-    from tasks.model_loading import load_model                       # ours reads the same version as data
-    assert load_model("models:/rlhf-policy@challenger", kind="policy").kind == "policy"
+
+    from tasks.model_loading import load_model
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(f"sqlite:///{example / 'mlflow.db'}")     # sets the process-wide URI and the variable
+    try:
+        info = mlflow.models.get_model_info("models:/rlhf-policy@challenger")
+        assert info.flavors["transformers"]["inference_task"] == "llm/v1/chat"   # on a text-generation pipeline
+        reply = mlflow.pyfunc.load_model("models:/rlhf-policy@challenger").predict(
+            {"messages": [{"role": "user", "content": "Continue this movie review: the acting"}], "max_tokens": 8})
+        assert reply[0]["object"] == "chat.completion"
+        assert isinstance(reply[0]["choices"][0]["message"]["content"], str)
+        assert load_model("models:/rlhf-policy@challenger", kind="policy").kind == "policy"   # ours: as data
+    finally:
+        mlflow.set_tracking_uri(None)                          # unset both, then put back what was there
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved

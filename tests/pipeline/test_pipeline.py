@@ -29,6 +29,8 @@ def first_run(project, prefect_harness, tmp_path_factory):
         yield {"first": first, "second": second, "uri": uri}
     finally:
         os.chdir(cwd)
+        import mlflow
+        mlflow.set_tracking_uri(None)            # the tests below set the process-wide URI (and the variable) too
         if old is None:                          # later test modules see the environment they started with
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
