@@ -166,6 +166,12 @@ def backward(loss: torch.Tensor, ctx: DistContext) -> None:
         loss.backward()
 
 
+def backward_sum(loss: torch.Tensor, ctx: DistContext) -> None:
+    """Backward of a rank's share of a loss normalised by a GLOBAL count: scaled by the world size, so that DDP's
+    mean over ranks is the sum (one process: ``loss.backward()`` unchanged, not even a multiplication)."""
+    backward(loss * ctx.world_size if ctx.enabled else loss, ctx)
+
+
 def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float, ctx: DistContext) -> torch.Tensor:
     """Global gradient-norm clipping (``accelerator.clip_grad_norm_``: FSDP/DeepSpeed aware); the norm before."""
     params = [p for p in params if p.grad is not None]

@@ -21,8 +21,8 @@ from rlhf.accel import model_device, to_device
 from rlhf.chat import as_messages, assistant_mask
 from rlhf.config import TrainConfig
 from rlhf.data import batches, encode_prompt, encode_response, pad_left
-from rlhf.distributed import (SINGLE, DistContext, all_reduce_sum, backward, check_batch, data_parallel, micro_step,
-                              shard)
+from rlhf.distributed import (SINGLE, DistContext, all_reduce_sum, backward_sum, check_batch, data_parallel,
+                              micro_step, shard)
 from rlhf.modeling import position_ids_from_mask
 from rlhf.optim import optimizer_step, setup_training
 
@@ -142,8 +142,7 @@ def train_causal_lm(model, examples: list[Example], cfg: TrainConfig, pad_id: in
                                                      [examples[i].mask for i in part]))
             with micro_step(fwd, last=j + micro >= len(local)):     # DDP reduces once per optimiser step
                 s, _ = nll_sum(fwd, ids, attn, lm)
-                # token mean over the whole (global) batch, not per micro-batch; x world: DDP's mean is then the sum
-                backward(s / max(n_targets, 1) * dist.world_size if dist.enabled else s / max(n_targets, 1), dist)
+                backward_sum(s / max(n_targets, 1), dist)   # token mean over the whole (global) batch
             loss_total += s.item()
             tokens += int(attn.sum())
         if dist.enabled:

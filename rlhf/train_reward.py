@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from rlhf.accel import model_device, to_device
 from rlhf.config import TrainConfig
 from rlhf.data import encode_prompt, encode_response, pad_left
-from rlhf.distributed import (SINGLE, DistContext, all_reduce_sum, backward, check_batch, data_parallel, micro_step,
-                              shard)
+from rlhf.distributed import (SINGLE, DistContext, all_reduce_sum, backward_sum, check_batch, data_parallel,
+                              micro_step, shard)
 from rlhf.finite import NonFiniteError
 from rlhf.optim import optimizer_step, setup_training
 from rlhf.reward_format import same_tokenizer
@@ -139,7 +139,7 @@ def train_reward_model(model, groups: list[Group], cfg: TrainConfig, pad_id: int
                 scores = fwd(ids, attn, raw=True)                                   # (N,) raw_scores
                 pl, ok = pairwise_terms(scores, pairs, use_margin) if len(pairs) else (scores[:0], scores[:0])
                 loss = pl.sum() if loss_type == "pairwise" else ((scores - targets) ** 2).sum()
-                backward(loss / max(denom, 1) * dist.world_size if dist.enabled else loss / max(denom, 1), dist)
+                backward_sum(loss / max(denom, 1), dist)     # over the whole (global) batch's pairs
             loss_sum, correct = loss_sum + loss.item(), correct + float(ok.sum())
         if dist.enabled:
             loss_sum, correct = all_reduce_sum([loss_sum, correct], dist)

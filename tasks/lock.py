@@ -155,8 +155,17 @@ def project_lock(what: str, project: str | Path = ".") -> Iterator[None]:
     if _is_held_elsewhere(delegate_path(project)):
         lock.release()
         raise _busy(path.parent.parent, delegate_path(project), delegate(project), what)
+    with _holding(path, lock.release, token):
+        yield
+
+
+@contextlib.contextmanager
+def _holding(path: Path, release, token: str | None = None) -> Iterator[None]:
+    """This process holds ``path`` for the block (the lock itself or a handed-over one): its own nested calls pass,
+    its children are covered through RLHF_LOCK_PID; ``release`` frees what was taken, at the end."""
     _held.add(path)
-    _tokens[path] = token
+    if token:
+        _tokens[path] = token
     previous = os.environ.get(HOLDER_ENV)
     os.environ[HOLDER_ENV] = str(os.getpid())
     try:
@@ -164,15 +173,11 @@ def project_lock(what: str, project: str | Path = ".") -> Iterator[None]:
     finally:
         _held.discard(path)
         _tokens.pop(path, None)
-        _restore_env(previous)
-        lock.release()
-
-
-def _restore_env(previous: str | None) -> None:
-    if previous is None:
-        os.environ.pop(HOLDER_ENV, None)
-    else:
-        os.environ[HOLDER_ENV] = previous
+        if previous is None:
+            os.environ.pop(HOLDER_ENV, None)
+        else:
+            os.environ[HOLDER_ENV] = previous
+        release()
 
 
 def handover(project: str | Path = ".") -> dict:
@@ -216,12 +221,5 @@ def accept_handover(grant: dict, what: str, project: str | Path = ".") -> Iterat
     except BaseException:
         dlock.release()
         raise
-    _held.add(path)
-    previous = os.environ.get(HOLDER_ENV)
-    os.environ[HOLDER_ENV] = str(os.getpid())
-    try:
+    with _holding(path, dlock.release):
         yield
-    finally:
-        _held.discard(path)
-        _restore_env(previous)
-        dlock.release()

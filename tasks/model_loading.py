@@ -44,12 +44,19 @@ def load_model(uri: str, kind: str | None = None, trust_remote_code: bool = Fals
         return LocalModel(weights_folder(root, uri, kind, Path(dst)), kind, config)
 
 
+def pin(uri: str) -> str:
+    """``models:/NAME@ALIAS`` (or ``/VERSION``) -> ``models:/NAME/VERSION`` as the registry resolves it now; any other
+    URI unchanged."""
+    if not uri.startswith("models:/"):
+        return uri
+    mv = resolve(uri)
+    return f"models:/{mv.name}/{mv.version}"
+
+
 def download(uri: str, dst: str) -> Path:
     """The files of a registered version (a ``models:/NAME@ALIAS`` is pinned to its version first)."""
     import mlflow
-    if uri.startswith("models:/"):
-        mv = resolve(uri)
-        uri = f"models:/{mv.name}/{mv.version}"
+    uri = pin(uri)
     quiet = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"       # no download bars on the CLI's stderr
     try:
@@ -74,8 +81,9 @@ def read_mlmodel(root: Path, uri: str) -> dict:
     return meta
 
 
-def model_kind(root: Path, uri: str) -> str:
-    """policy | reward, from the MLmodel alone; RegistryError for anything this project does not load as data."""
+def checked(root: Path, uri: str) -> tuple[str, dict]:
+    """(policy | reward, the MLmodel's flavors), from the MLmodel alone; RegistryError for anything this project
+    does not load as data."""
     flavors = read_mlmodel(root, uri)["flavors"]
     if "transformers" in flavors:
         tf = flavors["transformers"] or {}
@@ -83,7 +91,7 @@ def model_kind(root: Path, uri: str) -> str:
             raise RegistryError(f"{uri}: stores code paths ({tf['code']}); refused: this project loads weights only")
         if tf.get("task") not in ("text-generation", "llm/v1/chat", "llm/v1/completions"):
             raise RegistryError(f"{uri}: a transformers {tf.get('task')!r} model, not a text-generation policy")
-        return "policy"
+        return "policy", flavors
     pf = flavors.get("python_function") or {}
     if pf.get("code"):
         raise RegistryError(f"{uri}: stores code paths ({pf['code']}); refused: a version registered before models "
@@ -96,25 +104,24 @@ def model_kind(root: Path, uri: str) -> str:
     if not stored.is_file() or stored.read_bytes() != ENTRY.read_bytes():
         raise RegistryError(f"{uri}: its stored code ({Path(str(entry)).name}) differs from this install's "
                             f"tasks/mlflow_models/{ENTRY.name}; refused: loading it would run code from the registry")
-    return "reward"
+    return "reward", flavors
 
 
 def weights_folder(root: Path, uri: str, kind: str | None, scratch: Path) -> Path:
     """The ``save_pretrained`` folder inside an MLflow model folder; for a policy, its weights and tokenizer merged
     into a new folder under ``scratch``."""
-    actual = model_kind(root, uri)
+    actual, flavors = checked(root, uri)
     if kind and actual != kind:
         raise RegistryError(f"{uri}: is a {actual} model, not a {kind} model")
     if actual == "reward":
-        art = ((read_mlmodel(root, uri)["flavors"]["python_function"].get("artifacts") or {}).get("model") or {})
+        art = ((flavors["python_function"].get("artifacts") or {}).get("model") or {})
         rel = Path(str(art.get("path") or ""))
         folder = (root / rel).resolve()
         if not rel.parts or rel.is_absolute() or ".." in rel.parts or not folder.is_dir() \
                 or not folder.is_relative_to(root.resolve()):
             raise RegistryError(f"{uri}: its artifact 'model' ({rel}) is not a folder inside the model")
         return folder
-    tf = read_mlmodel(root, uri)["flavors"]["transformers"]
-    model_dir = root / str(tf.get("model_binary") or "model")
+    model_dir = root / str(flavors["transformers"].get("model_binary") or "model")
     if not (model_dir / "config.json").is_file():
         raise RegistryError(f"{uri}: no {model_dir.name}/config.json")
     merged = Path(tempfile.mkdtemp(prefix="policy-", dir=scratch))
@@ -155,8 +162,6 @@ class LocalModel:
 def servable(uri: str) -> tuple[str, str]:
     """The pinned ``models:/NAME/VERSION`` behind ``uri`` and its kind, after checking it loads as data (the same
     checks as ``load_model``); what ``rlhf serve`` hands to MLflow's scoring server."""
-    mv = resolve(uri)
-    pinned = f"models:/{mv.name}/{mv.version}"
+    pinned = pin(uri)
     with tempfile.TemporaryDirectory(prefix="rlhf-model-") as dst:
-        kind = model_kind(download(pinned, dst), uri)
-    return pinned, kind
+        return pinned, checked(download(pinned, dst), uri)[0]

@@ -39,7 +39,7 @@ def example_request(kind: str, host: str, port: int, chat: bool = False) -> str:
 def cmd_serve(args) -> int:
     from pathlib import Path
 
-    from tasks.model_loading import download, model_kind, read_mlmodel, resolve
+    from tasks.model_loading import checked, download, pin
     from tasks.registry import connect
     if not 0 < args.port < 65536 or args.workers < 1:
         raise ValueError("--port must be 1-65535 and --workers >= 1")
@@ -50,11 +50,11 @@ def cmd_serve(args) -> int:
         if local.is_dir():
             root, what = local, str(local)
         else:
-            mv = resolve(args.model) if args.model.startswith("models:/") else None
-            what = f"{args.model} (v{mv.version})" if mv else args.model
-            root = download(f"models:/{mv.name}/{mv.version}" if mv else args.model, dst)
-        kind = model_kind(root, args.model)
-        chat = read_mlmodel(root, args.model)["flavors"].get("transformers", {}).get("inference_task") == "llm/v1/chat"
+            pinned = pin(args.model)
+            what = args.model if pinned == args.model else f"{args.model} ({pinned})"
+            root = download(pinned, dst)
+        kind, flavors = checked(root, args.model)
+        chat = (flavors.get("transformers") or {}).get("inference_task") == "llm/v1/chat"
         cmd = serve_command(str(root), args.host, args.port, args.workers)
         print(f"serving {what}, a {'chat ' if chat else ''}{kind} model, at http://{args.host}:{args.port}/invocations"
               f"\ntry: {example_request(kind, args.host, args.port, chat)}", file=sys.stderr, flush=True)
