@@ -3,11 +3,13 @@ a config, at 1 and N processes, bf16 on GPUs or fp32 on CPU. A GPU machine runs 
 
     python benchmarks/scale.py --procs 1,8                  # GPT-2 small (124M), bf16 on CUDA, 1 then 8 processes
     python benchmarks/scale.py --size tiny --procs 1,2      # the CPU check: a 2-layer model, fp32, gloo
+    python benchmarks/scale.py --procs 1,8 --sharding both  # and FSDP2 (configs/accelerate/fsdp.yaml) beside DDP
 
-Each point is `accelerate launch --config_file configs/accelerate/<ddp|multi_cpu>.yaml --num_processes P
+Each point is `accelerate launch --config_file configs/accelerate/<ddp|multi_cpu|fsdp>.yaml --num_processes P
 benchmarks/scale.py --worker ...`: every process builds the same model (seeded), trains ``--steps`` optimiser steps of
 ``--batch`` sequences x ``--seq`` random tokens (the global batch: P processes share it, as the stages do), and rank 0
-reports tokens/s (the steps after ``--warmup``), seconds per step, the loss and peak memory. The driver prints one
+reports tokens/s (the steps after ``--warmup``), seconds per step, the loss, peak memory and the share of the weights
+it holds (about 1/P under FSDP). The driver prints one
 markdown row per process count, the speed-up over 1 process and the scaling efficiency, and writes --json.
 Nothing is downloaded: the model is ``GPT2LMHeadModel(GPT2Config(...))``, the tokens are random ids.
 """
@@ -40,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                     help="auto: bf16 on CUDA, fp32 on CPU")
+    ap.add_argument("--sharding", choices=["ddp", "fsdp", "both"], default="ddp",
+                    help="data parallel (ddp), FSDP2 (fsdp: points with more than one process), or both")
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per process on CPU (default 1)")
     ap.add_argument("--json", default="", help="write the results here too")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -97,7 +101,8 @@ def worker(a: argparse.Namespace) -> None:
             "processes": dist.world_size, "size": a.size, "precision": precision, "device": str(device),
             "parameters": sum(p.numel() for p in model.parameters()), "steps": metrics["steps"],
             "seconds_per_step": seconds, "tokens_per_s": a.batch * a.seq / seconds, "final_loss": on_log.loss,
-            "peak_memory_gib_rank0": peak}))
+            "peak_memory_gib_rank0": peak, "sharding": "fsdp" if dist.sharded else "ddp" if dist.enabled else "-",
+            "param_share": metrics.get("param_share", 1.0)}))
     distributed.barrier(dist)
 
 
@@ -112,9 +117,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def point(a: argparse.Namespace, procs: int, out: Path) -> dict:
+def point(a: argparse.Namespace, procs: int, out: Path, fsdp: bool = False) -> dict:
     import torch
-    config = "ddp.yaml" if torch.cuda.is_available() else "multi_cpu.yaml"
+    config = "fsdp.yaml" if fsdp else "ddp.yaml" if torch.cuda.is_available() else "multi_cpu.yaml"
     cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
            str(ROOT / "configs" / "accelerate" / config), "--num_processes", str(procs),
            "--main_process_port", str(free_port()), "--mixed_precision", "no", __file__, "--worker", "--out", str(out),
@@ -125,7 +130,7 @@ def point(a: argparse.Namespace, procs: int, out: Path) -> dict:
     t0 = time.perf_counter()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if res.returncode != 0:
-        raise SystemExit(f"{procs} processes failed ({res.returncode}):\n{res.stderr[-3000:]}")
+        raise SystemExit(f"{procs} processes ({'fsdp' if fsdp else 'ddp'}) failed ({res.returncode}):\n{res.stderr[-3000:]}")
     return {**json.loads(out.read_text()), "wall_s": time.perf_counter() - t0}
 
 
@@ -138,18 +143,21 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for procs in a.proc_list:
-            print(f"[scale] {procs} process(es) ...", file=sys.stderr, flush=True)
-            rows.append(point(a, procs, Path(tmp) / f"p{procs}.json"))
+            for fsdp in ([False] if a.sharding == "ddp" else [True] if a.sharding == "fsdp" and procs > 1
+                         else [False, True] if procs > 1 else [False]):
+                print(f"[scale] {procs} process(es){' FSDP' if fsdp else ''} ...", file=sys.stderr, flush=True)
+                rows.append(point(a, procs, Path(tmp) / f"p{procs}{'f' if fsdp else ''}.json", fsdp))
     base = next((r for r in rows if r["processes"] == 1), rows[0])
     print(f"{a.size} ({rows[0]['parameters'] / 1e6:.1f}M parameters), {rows[0]['precision']} on {rows[0]['device']}, "
           f"global batch {a.batch} x {a.seq} tokens, {a.steps} steps ({a.warmup} untimed)\n")
-    print("| processes | tokens/s | s/step | speed-up | scaling efficiency | final loss | peak memory rank 0 (GiB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| processes | sharding | tokens/s | s/step | speed-up | scaling efficiency | final loss | "
+          "peak memory rank 0 (GiB) | weights held by rank 0 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         speedup = r["tokens_per_s"] / base["tokens_per_s"]
-        print(f"| {r['processes']} | {r['tokens_per_s']:.0f} | {r['seconds_per_step']:.3f} | {speedup:.2f}x | "
-              f"{speedup / r['processes'] * base['processes']:.0%} | {r['final_loss']:.4f} | "
-              f"{r['peak_memory_gib_rank0']:.2f} |")
+        print(f"| {r['processes']} | {r['sharding']} | {r['tokens_per_s']:.0f} | {r['seconds_per_step']:.3f} | "
+              f"{speedup:.2f}x | {speedup / r['processes'] * base['processes']:.0%} | {r['final_loss']:.4f} | "
+              f"{r['peak_memory_gib_rank0']:.2f} | {r['param_share']:.0%} |")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -200,8 +200,10 @@ def latest_checkpoint(root: str | Path, fingerprint: Optional[Fingerprint] = Non
 
 
 def write_checkpoint(root: str | Path, step: int, models: dict[str, torch.nn.Module], state: dict,
-                     rows: list[dict], fingerprint: Fingerprint = "", keep: int = 1) -> Path:
-    """Write one checkpoint atomically, then remove all but the newest ``keep`` (and the leftovers of dead writers)."""
+                     rows: list[dict], fingerprint: Fingerprint = "", keep: int = 1,
+                     weights: Optional[dict] = None) -> Path:
+    """Write one checkpoint atomically, then remove all but the newest ``keep`` (and the leftovers of dead writers).
+    ``weights``: {name: state dict} written for those models instead of the modules' own tensors."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{STEP_PREFIX}{step:08d}"
@@ -209,7 +211,7 @@ def write_checkpoint(root: str | Path, step: int, models: dict[str, torch.nn.Mod
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _write_files(tmp, step, models, state, rows, fingerprint)
+        _write_files(tmp, step, models, state, rows, fingerprint, weights or {})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -222,14 +224,17 @@ def write_checkpoint(root: str | Path, step: int, models: dict[str, torch.nn.Mod
 
 
 def _write_files(tmp: Path, step: int, models: dict[str, torch.nn.Module], state: dict, rows: list[dict],
-                 fp: Fingerprint) -> None:
+                 fp: Fingerprint, weights: dict) -> None:
     """Weights, state and rows into ``tmp``, each fsynced, then the manifest (last: its presence marks completeness)."""
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file, save_model
 
     files = []
     for name, module in models.items():
         f = tmp / f"model-{name}.safetensors"
-        save_model(module, str(f))
+        if weights.get(name) is not None:
+            save_file(_unshared(weights[name], _tied_aliases(module)), str(f))
+        else:
+            save_model(module, str(f))
         files.append(f)
     torch.save({**state, "step": int(step), "rng": rng_state()}, tmp / STATE_FILE)
     (tmp / ROWS_FILE).write_text(json.dumps(rows))
@@ -243,6 +248,30 @@ def _write_files(tmp: Path, step: int, models: dict[str, torch.nn.Module], state
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     fsync_file(tmp / MANIFEST)
     fsync_dir(tmp)
+
+
+def _tied_aliases(module: torch.nn.Module) -> set[str]:
+    """The names ``safetensors.torch.save_model`` leaves out for ``module``: of parameters tied together (one
+    object under several names, e.g. GPT-2's lm_head.weight and transformer.wte.weight), all but the first name in
+    sorted order, as its duplicate removal keeps; ``load_model`` then expects exactly the remaining names."""
+    names: dict[int, list[str]] = {}
+    for n, p in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(n)
+    return {n for group in names.values() for n in sorted(group)[1:]}
+
+
+def _unshared(state_dict: dict, leave_out: set[str] = frozenset()) -> dict:
+    """Contiguous tensors, none sharing storage with another (safetensors refuses shared ones), without the names
+    in ``leave_out``: the file ``save_model`` writes for the module, from a state dict gathered elsewhere."""
+    out, seen = {}, set()
+    for k, t in state_dict.items():
+        if k in leave_out:
+            continue
+        t = t.detach().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        out[k] = t.clone() if ptr in seen else t
+        seen.add(ptr)
+    return out
 
 
 def _prune(root: Path, keep: int, current: Path) -> None:
@@ -341,12 +370,14 @@ class CheckpointManager:
             self.note(f"checkpoint {path} not resumed: {why}; {then}")
         return None
 
-    def save(self, step: int, models: dict[str, torch.nn.Module], state: dict, rows: list[dict]) -> Optional[Path]:
-        """Write a checkpoint (main process only); the first one's duration is reported, to size ``every`` by."""
+    def save(self, step: int, models: dict[str, torch.nn.Module], state: dict, rows: list[dict],
+             weights: Optional[dict] = None) -> Optional[Path]:
+        """Write a checkpoint (main process only); the first one's duration is reported, to size ``every`` by.
+        ``weights``: {name: state dict} to write instead of a module's own tensors (FSDP's gathered ones)."""
         if not self.is_main:
             return None
         t0 = time.perf_counter()
-        path = write_checkpoint(self.root, step, models, state, rows, self.fingerprint, self.keep)
+        path = write_checkpoint(self.root, step, models, state, rows, self.fingerprint, self.keep, weights)
         if not self._timed:
             self._timed = True
             self.note(f"checkpoint {path} written in {time.perf_counter() - t0:.2f} s (one every {self.every} steps)")
@@ -390,10 +421,17 @@ def resume(manager: CheckpointManager, models: dict[str, torch.nn.Module], recor
     return state
 
 
-def step_saver(manager: CheckpointManager, models: dict[str, torch.nn.Module], recorder):
-    """``on_step_end`` for train_causal_lm / train_reward_model: a checkpoint every ``manager.every`` steps."""
+def step_saver(manager: CheckpointManager, models: dict[str, torch.nn.Module], recorder, dist=None):
+    """``on_step_end`` for train_causal_lm / train_reward_model: a checkpoint every ``manager.every`` steps.
+    ``dist`` (rlhf/distributed.py DistContext): under FSDP the weights and the optimiser state are gathered whole
+    first (collectives: every rank runs this), so the checkpoint is the one a single process writes."""
+    from rlhf import distributed
+    dist = dist or distributed.SINGLE
+
     def on_step_end(step: int, live: dict) -> None:
         if manager.due(step, live["total"]):
-            manager.save(step, models, {"optimizer": live["optimizer"].state_dict(),
-                                        "scheduler": live["scheduler"].state_dict()}, recorder.rows)
+            weights = {name: distributed.full_state_dict(m, dist) for name, m in models.items()}
+            state = {"optimizer": distributed.optimizer_state(live["model"], live["optimizer"], dist),
+                     "scheduler": live["scheduler"].state_dict()}
+            manager.save(step, models, state, recorder.rows, weights=weights)
     return on_step_end

@@ -19,6 +19,13 @@ WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), every training stage (s
   its own seed (seed + rank) and the mean gradient is used.
 - ``clip_grad_norm`` and the metric reductions are accelerate's (``clip_grad_norm_``, ``reduce``).
 - Only rank 0 writes outputs, checkpoints and metrics; every rank returns the same (all-reduced) metrics.
+- FSDP2 (configs/accelerate/fsdp.yaml; pretrain, sft, reward): ``prepare`` hands the model and its optimiser to
+  ``accelerator.prepare`` (``fully_shard`` in place; the optimiser steps the shards). Every rank must then make the
+  same forward calls: ``micro_batches`` pads a short share with zero-weight repeats, evaluation runs every batch on
+  every rank, and what follows training on rank 0 uses ``gathered`` (the whole weights in a fresh module).
+  Checkpoints hold the gathered weights (``full_state_dict``) and optimiser state (``optimizer_state``), the files
+  one process writes. accelerate 1.15 never enables FSDP for CPU processes; ``_require_fsdp2`` sets its state as it
+  does on GPUs. ppo, LoRA, FSDP1 and DeepSpeed are refused in one line.
 
 Gradients are never reduced by hand here. The collective calls must be made by every rank in the same order: keep
 them outside rank-dependent branches.
@@ -41,10 +48,17 @@ class DistContext:
     world_size: int = 1
     rank: int = 0
     local_rank: int = 0
+    sharded: bool = False       # FSDP: parameters, gradients and optimiser state split over the ranks
 
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+    @property
+    def layout(self):
+        """What a checkpoint must have been written under: the number of processes, and FSDP when sharded (one
+        process and DDP: the plain count, as before FSDP existed)."""
+        return f"{self.world_size} FSDP" if self.sharded else self.world_size
 
     @property
     def is_main(self) -> bool:
@@ -75,21 +89,51 @@ def accelerator():
     """This process's ``accelerate.Accelerator`` (created on first use; see the module docstring)."""
     global _ACCELERATOR
     if _ACCELERATOR is None:
-        sharded = [k for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
-                   if os.environ.get(k, "").lower() == "true"]
-        if sharded:
-            # accelerate 1.15 turns FSDP on only for accelerator devices (state.py: MULTI_GPU and the like, never
-            # MULTI_CPU: on CPU it would silently run DDP), and our loops build the optimiser before wrapping and
-            # save unsharded state dicts, which FSDP and ZeRO need done their way. Refuse rather than mislead.
-            raise RuntimeError(f"{sharded[0]}=true: sharded training (FSDP, DeepSpeed ZeRO) is not supported yet; "
-                               "use a data-parallel config (configs/accelerate/ddp.yaml or multi_cpu.yaml)")
+        if _flag("ACCELERATE_USE_DEEPSPEED"):
+            raise RuntimeError("ACCELERATE_USE_DEEPSPEED=true: DeepSpeed is not supported yet; use FSDP "
+                               "(configs/accelerate/fsdp.yaml) or data parallel (ddp.yaml, multi_cpu.yaml)")
+        if _flag("ACCELERATE_USE_FSDP") and os.environ.get("FSDP_VERSION", "1") != "2":  # accelerate's default: 1
+            _refuse_fsdp1()
         from accelerate import Accelerator, DistributedDataParallelKwargs
         cpu = os.environ.get("RLHF_DIST_BACKEND") == "gloo" or not torch.cuda.is_available()
-        _ACCELERATOR = Accelerator(cpu=cpu, device_placement=False,
-                                   kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        acc = Accelerator(cpu=cpu, device_placement=False,
+                          kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        if _flag("ACCELERATE_USE_FSDP") and acc.num_processes > 1:
+            _require_fsdp2(acc)
+        _ACCELERATOR = acc
         if dist.is_initialized():
             atexit.register(_shutdown)
     return _ACCELERATOR
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() == "true"
+
+
+def _refuse_fsdp1() -> None:
+    raise RuntimeError(f"FSDP_VERSION={os.environ.get('FSDP_VERSION', '1')}: only FSDP2 is supported; set "
+                       "fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp.yaml)")
+
+
+def _require_fsdp2(acc) -> None:
+    """Make sure an FSDP launch config really shards, with FSDP2 (``torch.distributed.fsdp.fully_shard``).
+
+    accelerate 1.15 turns FSDP on only for accelerator devices: ``AcceleratorState`` sets DistributedType.FSDP for
+    MULTI_GPU/NPU/XPU/... and never for MULTI_CPU (accelerate/state.py), so under gloo on CPU an FSDP config would
+    silently run plain data parallel. torch's FSDP2 itself runs on CPU with gloo; so on CPU we set accelerate's state
+    (PartialState and AcceleratorState, both: each AcceleratorState() copies PartialState's fields) to what it sets on
+    GPUs, with the plugin built from the FSDP_* variables the launch exported, as accelerate builds it. Everything
+    after that (fully_shard, the optimiser's parameters, no_sync, clipping, the gathered state dict) is accelerate's
+    and torch's. FSDP1 is refused: its state-dict and optimiser handling differ, and accelerate recommends FSDP2."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    if acc.distributed_type == DistributedType.FSDP and not acc.is_fsdp2:
+        _refuse_fsdp1()
+    if acc.distributed_type != DistributedType.FSDP:
+        plugin = FullyShardedDataParallelPlugin()
+        for state in (PartialState(), AcceleratorState()):
+            state.distributed_type = DistributedType.FSDP
+        AcceleratorState().fsdp_plugin = plugin
 
 
 def init() -> DistContext:
@@ -100,7 +144,14 @@ def init() -> DistContext:
     acc = accelerator()
     if acc.num_processes != ctx.world_size:
         raise RuntimeError(f"accelerate sees {acc.num_processes} processes, WORLD_SIZE says {ctx.world_size}")
-    return DistContext(acc.num_processes, acc.process_index, acc.local_process_index)
+    return DistContext(acc.num_processes, acc.process_index, acc.local_process_index, sharded=acc.is_fsdp2)
+
+
+def refuse_sharded(ctx: DistContext, what: str) -> None:
+    """One line, before any work, for what FSDP does not support yet (``what``: the stage or option, and why)."""
+    if ctx.sharded:
+        raise RuntimeError(f"{what} is not supported under FSDP yet; use a data-parallel config "
+                           "(configs/accelerate/ddp.yaml or multi_cpu.yaml)")
 
 
 def _shutdown() -> None:
@@ -111,7 +162,8 @@ def _shutdown() -> None:
 def context() -> DistContext:
     """The current context: the process group's when one is initialised, else a single process."""
     if dist.is_available() and dist.is_initialized():
-        return DistContext(dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+        return DistContext(dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", dist.get_rank())),
+                           sharded=_ACCELERATOR is not None and _ACCELERATOR.is_fsdp2)
     return SINGLE
 
 
@@ -138,24 +190,108 @@ def check_batch(batch_size: int, ctx: DistContext, key: str) -> None:
 
 def data_parallel(module: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     """The module the training forward and backward go through: ``accelerator.prepare_model`` (DDP: rank 0's weights
-    broadcast now, gradients averaged in backward) under several processes, the module itself on one."""
+    broadcast now, gradients averaged in backward) under several processes, the module itself on one. Under FSDP
+    the optimiser must be prepared with the model: use ``prepare``."""
     if not ctx.enabled or not any(p.requires_grad for p in module.parameters()):
         return module
+    if ctx.sharded:
+        raise RuntimeError("data_parallel() under FSDP: prepare the model with its optimiser (prepare())")
     return accelerator().prepare_model(module, device_placement=False)
 
 
+def prepare(module: torch.nn.Module, optimizer: torch.optim.Optimizer, ctx: DistContext):
+    """(the module to train through, the optimiser to step): DDP as ``data_parallel`` with the optimiser unchanged;
+    under FSDP ``accelerator.prepare(module, optimizer)``, which shards the module IN PLACE (``fully_shard``: every
+    forward all-gathers the weights, so every rank must make the same forward calls) and moves the optimiser onto
+    the shards. One process: both unchanged."""
+    if not ctx.sharded:
+        return data_parallel(module, ctx), optimizer
+    return accelerator().prepare(module, optimizer)
+
+
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a data-parallel wrapper (or the module itself)."""
+    """The module inside a data-parallel wrapper (or the module itself: FSDP2 shards in place)."""
     from torch.nn.parallel import DistributedDataParallel
     return module.module if isinstance(module, DistributedDataParallel) else module
 
 
 def micro_step(wrapped: torch.nn.Module, last: bool):
     """Context for one micro-batch's forward and backward: gradients are reduced only on the ``last`` one of an
-    optimiser step (``accelerator.no_sync`` before it)."""
-    if last or unwrap(wrapped) is wrapped:
+    optimiser step (``accelerator.no_sync`` before it: DDP's no_sync, FSDP2's set_requires_gradient_sync)."""
+    sharded = _ACCELERATOR is not None and _ACCELERATOR.is_fsdp2
+    if last or (unwrap(wrapped) is wrapped and not sharded):
         return contextlib.nullcontext()
     return accelerator().no_sync(wrapped)
+
+
+def micro_batches(idx: Sequence, micro: int, ctx: DistContext) -> list[tuple[list, bool]]:
+    """This rank's micro-batches of one optimiser step over the batch ``idx``, each with whether it counts.
+
+    Its share (``shard``) cut into runs of ``micro``. Every rank must make as many forward and backward calls as
+    the others (FSDP all-gathers in each forward, DDP reduces in the last backward), and a short batch (the last of
+    an epoch) can leave a rank fewer rows, or none: such a rank repeats one row of the batch with ``counts`` False,
+    whose loss the caller multiplies by zero. One process, or an even share: exactly the runs of ``micro``."""
+    local = shard(idx, ctx)
+    runs = [(local[j:j + micro], True) for j in range(0, len(local), micro)]
+    if ctx.enabled and idx:
+        most = -(-(-(-len(idx) // ctx.world_size)) // micro)        # rank 0's count: ceil(ceil(n / world) / micro)
+        runs += [([(local or list(idx))[0]], False)] * (most - len(runs))
+    return runs
+
+
+def param_share(module: torch.nn.Module) -> float:
+    """The share of the module's parameter elements this rank holds: 1 unsharded, about 1/world under FSDP
+    (a DTensor's ``numel`` is the whole tensor's, its ``to_local`` this rank's shard)."""
+    from torch.distributed.tensor import DTensor
+    total = sum(p.numel() for p in module.parameters())
+    local = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in module.parameters())
+    return local / max(total, 1)
+
+
+def full_state_dict(module: torch.nn.Module, ctx: DistContext):
+    """Under FSDP the gathered, unsharded weights (``accelerator.get_state_dict``: a collective, EVERY rank calls;
+    rank 0 receives them on CPU, the others an empty dict); None otherwise (the module's own tensors are whole)."""
+    return accelerator().get_state_dict(module) if ctx.sharded else None
+
+
+def gathered(module: torch.nn.Module, ctx: DistContext, build) -> torch.nn.Module:
+    """The trained module as one process would hold it, for what follows training on rank 0 (evaluation,
+    normalisation, saving through the model's own save_pretrained). Under FSDP: its weights gathered (a collective,
+    EVERY rank calls) and loaded, strictly, into a fresh unsharded module that ``build()`` makes on rank 0 (the
+    other ranks get their sharded module back); otherwise the module itself. Peak memory on rank 0: two copies."""
+    full = full_state_dict(module, ctx)
+    if full is None or not ctx.is_main:
+        return module
+    fresh = build()
+    fresh.load_state_dict(full)
+    return fresh
+
+
+def _full(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def _inner(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)       # accelerate's AcceleratedOptimizer wraps the torch one
+
+
+def optimizer_state(module: torch.nn.Module, optimizer, ctx: DistContext) -> dict:
+    """The optimiser's state to checkpoint: its ``state_dict()``, or under FSDP the unsharded one keyed by parameter
+    name (torch.distributed.checkpoint ``get_optimizer_state_dict``, a collective: every rank calls)."""
+    if not ctx.sharded:
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    return get_optimizer_state_dict(module, _inner(optimizer), options=_full(cpu_offload=True))
+
+
+def load_optimizer_state(module: torch.nn.Module, optimizer, state: dict, ctx: DistContext) -> None:
+    """Restore what ``optimizer_state`` saved (under FSDP each rank keeps its shards of the full state)."""
+    if not ctx.sharded:
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+    set_optimizer_state_dict(module, _inner(optimizer), optim_state_dict=state, options=_full())
 
 
 def backward(loss: torch.Tensor, ctx: DistContext) -> None:
@@ -174,6 +310,9 @@ def backward_sum(loss: torch.Tensor, ctx: DistContext) -> None:
 
 def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float, ctx: DistContext) -> torch.Tensor:
     """Global gradient-norm clipping (``accelerator.clip_grad_norm_``: FSDP/DeepSpeed aware); the norm before."""
+    params = list(params)
+    if ctx.sharded:     # accelerate's FSDP2 clipping needs exactly the prepared model's parameter list
+        return accelerator().clip_grad_norm_(params, max_norm)
     params = [p for p in params if p.grad is not None]
     if not params:
         return torch.zeros(())
@@ -212,7 +351,7 @@ def params_digest(module: torch.nn.Module) -> str:
 def assert_in_sync(module: torch.nn.Module, ctx: DistContext) -> str:
     """Check that every rank holds bit-identical weights (the all-reduced updates kept the replicas equal);
     returns the common digest ("" on one process, where there is nothing to compare)."""
-    if not ctx.enabled:
+    if not ctx.enabled or ctx.sharded:                      # FSDP: each rank holds other shards by design
         return ""
     digest = params_digest(module)
     gathered: list = [None] * ctx.world_size

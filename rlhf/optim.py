@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from rlhf.distributed import SINGLE, DistContext
+from rlhf.distributed import SINGLE, DistContext, load_optimizer_state, prepare
 from rlhf.distributed import clip_grad_norm as clip_gradients
 from rlhf.finite import require_finite
 
@@ -52,16 +52,18 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float, dist: DistContext = 
     return float(clip_gradients(model.parameters(), max_norm, dist))
 
 
-def setup_training(model, cfg, total_steps: int, state: dict | None = None):
-    """AdamW + schedule for a supervised loop of ``total_steps`` steps (``cfg``: a TrainConfig), restored from a
-    checkpoint ``state`` when given; returns (optimizer, scheduler, first step to run)."""
+def setup_training(model, cfg, total_steps: int, state: dict | None = None, dist: DistContext = SINGLE):
+    """AdamW + schedule for a supervised loop of ``total_steps`` steps (``cfg``: a TrainConfig), prepared for the
+    data-parallel group (rlhf/distributed.py ``prepare``: DDP, or FSDP's shards) and restored from a checkpoint
+    ``state`` when given; returns (the module to train through, optimizer, scheduler, first step to run)."""
     opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
+    fwd, opt = prepare(model, opt, dist)
     sched = make_scheduler(opt, cfg.lr_schedule, total_steps, cfg.warmup_ratio)
     if not state:
-        return opt, sched, 0
-    opt.load_state_dict(state["optimizer"])
+        return fwd, opt, sched, 0
+    load_optimizer_state(model, opt, state["optimizer"], dist)
     sched.load_state_dict(state["scheduler"])
-    return opt, sched, int(state["step"])
+    return fwd, opt, sched, int(state["step"])
 
 
 def optimizer_step(model, opt, sched, max_grad_norm: float, step: int | None = None, dist: DistContext = SINGLE) -> float:

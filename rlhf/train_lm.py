@@ -21,8 +21,8 @@ from rlhf.accel import model_device, to_device
 from rlhf.chat import as_messages, assistant_mask
 from rlhf.config import TrainConfig
 from rlhf.data import batches, encode_prompt, encode_response, pad_left
-from rlhf.distributed import (SINGLE, DistContext, all_reduce_sum, backward_sum, check_batch, data_parallel,
-                              micro_step, shard)
+from rlhf.distributed import (SINGLE, DistContext, all_reduce_sum, backward_sum, check_batch, micro_batches,
+                              micro_step, param_share, shard)
 from rlhf.modeling import position_ids_from_mask
 from rlhf.optim import optimizer_step, setup_training
 
@@ -95,11 +95,13 @@ def evaluate_nll(model, examples: list[Example], pad_id: int, batch_size: int = 
     model.eval()
     dev = model_device(model)
     total, count = 0.0, 0.0
-    for idx in shard(batches(len(examples), batch_size, shuffle=False), dist):
+    every = batches(len(examples), batch_size, shuffle=False)
+    for idx in (every if dist.sharded else shard(every, dist)):    # FSDP: every rank makes every forward
         ids, attn, lm = to_device(dev, *pad_left([examples[i].ids for i in idx], pad_id, [examples[i].mask for i in idx]))
         s, n = nll_sum(model, ids, attn, lm)
         total, count = total + float(s), count + n
-    total, count = all_reduce_sum([total, count], dist)
+    if not dist.sharded:
+        total, count = all_reduce_sum([total, count], dist)
     return total / max(count, 1.0)
 
 
@@ -125,8 +127,7 @@ def train_causal_lm(model, examples: list[Example], cfg: TrainConfig, pad_id: in
         raise ValueError("no training examples")
     check_batch(cfg.batch_size, dist, "train.batch_size")
     plan = plan_batches(len(examples), cfg, seed)
-    fwd = data_parallel(model, dist)                # DDP under several processes: the forward and backward go here
-    opt, sched, start = setup_training(model, cfg, len(plan), state)
+    fwd, opt, sched, start = setup_training(model, cfg, len(plan), state, dist)   # fwd: DDP/FSDP's module
     micro = max(1, cfg.batch_size // (cfg.grad_accum * dist.world_size))
     dev = model_device(model)
     t0, tokens, last_loss = time.perf_counter(), 0, float("nan")
@@ -134,19 +135,20 @@ def train_causal_lm(model, examples: list[Example], cfg: TrainConfig, pad_id: in
     for step in range(start, len(plan)):
         idx = plan[step]
         n_targets = sum(sum(examples[i].mask[1:]) for i in idx)   # the whole batch's count, on every rank
-        local = shard(idx, dist)
-        loss_total = 0.0
-        for j in range(0, len(local), micro):
-            part = local[j:j + micro]
+        runs = micro_batches(idx, micro, dist)     # this rank's share; as many runs on every rank
+        loss_total, step_tokens = 0.0, 0
+        for j, (part, counts) in enumerate(runs):
             ids, attn, lm = to_device(dev, *pad_left([examples[i].ids for i in part], pad_id,
                                                      [examples[i].mask for i in part]))
-            with micro_step(fwd, last=j + micro >= len(local)):     # DDP reduces once per optimiser step
+            with micro_step(fwd, last=j + 1 == len(runs)):      # DDP/FSDP reduce once per optimiser step
                 s, _ = nll_sum(fwd, ids, attn, lm)
-                backward_sum(s / max(n_targets, 1), dist)   # token mean over the whole (global) batch
-            loss_total += s.item()
-            tokens += int(attn.sum())
-        if dist.enabled:
-            loss_total, tokens = all_reduce_sum([loss_total, tokens], dist)
+                backward_sum((s if counts else s * 0) / max(n_targets, 1), dist)   # token mean, whole batch
+            if counts:
+                loss_total += s.item()
+                step_tokens += int(attn.sum())
+        if dist.enabled:    # the step's sums over ranks (not the running total: that would count it again)
+            loss_total, step_tokens = all_reduce_sum([loss_total, step_tokens], dist)
+        tokens += int(step_tokens)
         grad_norm = optimizer_step(model, opt, sched, cfg.max_grad_norm, step + 1, dist)
         last_loss = loss_total / max(n_targets, 1)
         if on_log and ((step + 1) % cfg.log_every == 0 or step + 1 == len(plan)):
@@ -154,11 +156,13 @@ def train_causal_lm(model, examples: list[Example], cfg: TrainConfig, pad_id: in
             on_log(step + 1, {"loss/train": last_loss, "train/grad_norm": grad_norm,
                               "train/lr": sched.get_last_lr()[0], "perf/tokens_per_s": tokens / max(dt, 1e-9)})
         if on_step_end:
-            on_step_end(step + 1, {"optimizer": opt, "scheduler": sched, "total": len(plan)})
+            on_step_end(step + 1, {"model": model, "optimizer": opt, "scheduler": sched, "total": len(plan)})
     model.eval()
     elapsed = time.perf_counter() - t0
     metrics = {"train_loss": last_loss, "steps": len(plan), "tokens_per_s": tokens / max(elapsed, 1e-9),
                "train_seconds": elapsed}
+    if dist.sharded:
+        metrics["param_share"] = param_share(model)       # this rank's part of the weights: about 1 / world
     if val_examples:
         val = evaluate_nll(model, val_examples, pad_id, dist=dist)
         metrics.update({"val_loss": val, "val_perplexity": math.exp(min(val, 50.0))})

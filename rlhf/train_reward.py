@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from rlhf.accel import model_device, to_device
 from rlhf.config import TrainConfig
 from rlhf.data import encode_prompt, encode_response, pad_left
-from rlhf.distributed import (SINGLE, DistContext, all_reduce_sum, backward_sum, check_batch, data_parallel,
-                              micro_step, shard)
+from rlhf.distributed import (SINGLE, DistContext, all_reduce_sum, backward_sum, check_batch, micro_batches,
+                              micro_step, param_share)
 from rlhf.finite import NonFiniteError
 from rlhf.optim import optimizer_step, setup_training
 from rlhf.reward_format import same_tokenizer
@@ -121,8 +121,7 @@ def train_reward_model(model, groups: list[Group], cfg: TrainConfig, pad_id: int
     world size, as DDP averages the gradients), so a step is the single-process one up to float summation order."""
     check_batch(cfg.batch_size, dist, "train.batch_size")
     plan = plan_batches(len(groups), cfg, seed)
-    fwd = data_parallel(model, dist)                # DDP under several processes: the forward and backward go here
-    opt, sched, start = setup_training(model, cfg, len(plan), state)
+    fwd, opt, sched, start = setup_training(model, cfg, len(plan), state, dist)   # fwd: DDP/FSDP's module
     micro = max(1, cfg.batch_size // (cfg.grad_accum * dist.world_size))
     dev = model_device(model)
     t0, n_pairs = time.perf_counter(), 0
@@ -131,16 +130,17 @@ def train_reward_model(model, groups: list[Group], cfg: TrainConfig, pad_id: int
         idx = plan[step]
         total_pairs = sum(len(pair_index(groups[i].ranks, 0)) for i in idx)          # global counts, every rank
         denom = total_pairs if loss_type == "pairwise" else sum(len(groups[i].seqs) for i in idx)
-        local = shard(idx, dist)
+        runs = micro_batches(idx, micro, dist)     # this rank's share; as many runs on every rank
         loss_sum, correct = 0.0, 0.0
-        for j in range(0, len(local), micro):
-            ids, attn, pairs, targets = to_device(dev, *group_batch([groups[i] for i in local[j:j + micro]], pad_id))
-            with micro_step(fwd, last=j + micro >= len(local)):     # DDP reduces once per optimiser step
+        for j, (part, counts) in enumerate(runs):
+            ids, attn, pairs, targets = to_device(dev, *group_batch([groups[i] for i in part], pad_id))
+            with micro_step(fwd, last=j + 1 == len(runs)):      # DDP/FSDP reduce once per optimiser step
                 scores = fwd(ids, attn, raw=True)                                   # (N,) raw_scores
                 pl, ok = pairwise_terms(scores, pairs, use_margin) if len(pairs) else (scores[:0], scores[:0])
                 loss = pl.sum() if loss_type == "pairwise" else ((scores - targets) ** 2).sum()
-                backward_sum(loss / max(denom, 1), dist)     # over the whole (global) batch's pairs
-            loss_sum, correct = loss_sum + loss.item(), correct + float(ok.sum())
+                backward_sum((loss if counts else loss * 0) / max(denom, 1), dist)   # the global batch's pairs
+            if counts:
+                loss_sum, correct = loss_sum + loss.item(), correct + float(ok.sum())
         if dist.enabled:
             loss_sum, correct = all_reduce_sum([loss_sum, correct], dist)
         grad_norm = optimizer_step(model, opt, sched, cfg.max_grad_norm, step + 1, dist)
@@ -150,10 +150,13 @@ def train_reward_model(model, groups: list[Group], cfg: TrainConfig, pad_id: int
                               "train/grad_norm": grad_norm, "train/lr": sched.get_last_lr()[0],
                               "perf/pairs_per_s": n_pairs / max(time.perf_counter() - t0, 1e-9)})
         if on_step_end:
-            on_step_end(step + 1, {"optimizer": opt, "scheduler": sched, "total": len(plan)})
+            on_step_end(step + 1, {"model": model, "optimizer": opt, "scheduler": sched, "total": len(plan)})
     model.eval()
     elapsed = time.perf_counter() - t0
-    return {"steps": len(plan), "train_seconds": elapsed, "pairs_per_s": n_pairs / max(elapsed, 1e-9)}
+    metrics = {"steps": len(plan), "train_seconds": elapsed, "pairs_per_s": n_pairs / max(elapsed, 1e-9)}
+    if dist.sharded:
+        metrics["param_share"] = param_share(model)       # this rank's part of the weights: about 1 / world
+    return metrics
 
 
 @torch.no_grad()

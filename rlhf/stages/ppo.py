@@ -139,6 +139,8 @@ def run(cfg: PPOConfig, on_log=None) -> StageResult:
     check_sampling(cfg.policy_path, cfg.sampling, "ppo")                             # before any weights load
     check_probe(cfg)
     dist = distributed.init()
+    distributed.refuse_sharded(dist, "the ppo stage (ranks sample responses of different lengths, and FSDP needs "
+                                     "the same forward calls on every rank)")
     device = accel.resolve_device(cfg.compute.device, dist.local_rank, "ppo.compute.device")
     tok = load_tokenizer(cfg.policy_path)
     prompts = [r["prompt"] for r in load_jsonl(cfg.prompts)]
@@ -148,7 +150,7 @@ def run(cfg: PPOConfig, on_log=None) -> StageResult:
     probed = Probe(cfg, models, tok, device, trainer.n_iterations, on_log if dist.is_main else None, dist.is_main)
     inputs = inputs_signature(cfg.policy_path, cfg.reward_path, cfg.prompts, *probe_inputs(cfg))
     ckpt = CheckpointManager(cfg.out_dir, cfg.checkpoint_every, is_main=dist.is_main,
-                             fingerprint=stage_fingerprint(cfg, dist.world_size, inputs, __name__))
+                             fingerprint=stage_fingerprint(cfg, dist.layout, inputs, __name__))
     state = resume(ckpt, trainable(models), rec)
     if state is not None:
         trainer.load_state_dict(state)

@@ -44,13 +44,14 @@ def run(cfg: PretrainConfig, on_log=None) -> StageResult:
     rec = Recorder(on_log if dist.is_main else None)
     inputs = inputs_signature(data / "corpus_train.jsonl", data / "corpus_val.jsonl")
     ckpt = CheckpointManager(out, cfg.train.checkpoint_every, is_main=dist.is_main,
-                             fingerprint=stage_fingerprint(cfg, dist.world_size, inputs, __name__))
+                             fingerprint=stage_fingerprint(cfg, dist.layout, inputs, __name__))
     models = {"model": model}
     state = resume(ckpt, models, rec)
     metrics = train_causal_lm(model, pack_corpus(tok, train, block), cfg.train, tok.pad_token_id, cfg.seed,
                               val_examples=pack_corpus(tok, val, block), on_log=rec, state=state,
-                              on_step_end=step_saver(ckpt, models, rec), dist=dist)
+                              on_step_end=step_saver(ckpt, models, rec, dist), dist=dist)
     distributed.assert_in_sync(model, dist)
+    model = distributed.gathered(model, dist, lambda: build_gpt2(cfg.model, tok, cfg.seed))   # FSDP: whole on rank 0
     if dist.is_main:
         with atomic_output_dir(out) as tmp:
             save_tokenizer_and_model(model, tok, tmp)

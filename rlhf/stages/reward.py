@@ -49,6 +49,12 @@ def copy_generation_config(model_path, out_dir: Path) -> None:
         shutil.copyfile(src, Path(out_dir) / src.name)
 
 
+def _whole(cfg: RewardConfig, tok, device) -> RewardModel:
+    """An unsharded reward model as run() builds it, for FSDP's gathered weights (rlhf/distributed.py gathered)."""
+    model = RewardModel.from_causal_lm_path(cfg.model_path, tok)
+    return accel.prepare(model, device, cfg.compute, trainable=False, hf=model.trunk)
+
+
 def run(cfg: RewardConfig, on_log=None) -> StageResult:
     seed_everything(cfg.seed)
     check_fits(cfg.model_path, cfg.train.max_length, "reward.train.max_length")     # before any weights load
@@ -57,6 +63,8 @@ def run(cfg: RewardConfig, on_log=None) -> StageResult:
     device = accel.resolve_device(cfg.compute.device, dist.local_rank, "reward.compute.device")
     data = Path(cfg.data_dir)
     tok = load_tokenizer(cfg.model_path)
+    if cfg.lora.r:
+        distributed.refuse_sharded(dist, "reward.lora (LoRA)")
     model = RewardModel.from_causal_lm_path(cfg.model_path, tok)
     if cfg.lora.r:
         model.trunk = accel.apply_lora(model.trunk, cfg.lora, causal_lm=False)
@@ -69,12 +77,13 @@ def run(cfg: RewardConfig, on_log=None) -> StageResult:
     rec = Recorder(on_log if dist.is_main else None)
     inputs = inputs_signature(cfg.model_path, data, cfg.prompts)
     ckpt = CheckpointManager(cfg.out_dir, cfg.train.checkpoint_every, is_main=dist.is_main,
-                             fingerprint=stage_fingerprint(cfg, dist.world_size, inputs, __name__))
+                             fingerprint=stage_fingerprint(cfg, dist.layout, inputs, __name__))
     models = {"reward": model}
     state = resume(ckpt, models, rec)
     metrics = train_reward_model(model, train, cfg.train, tok.pad_token_id, cfg.loss, cfg.margin, cfg.seed, on_log=rec,
-                                 state=state, on_step_end=step_saver(ckpt, models, rec), dist=dist)
+                                 state=state, on_step_end=step_saver(ckpt, models, rec, dist), dist=dist)
     distributed.assert_in_sync(model, dist)
+    model = distributed.gathered(model, dist, lambda: _whole(cfg, tok, device))    # FSDP: whole on rank 0
     if dist.is_main:   # evaluation and normalisation are cheap next to training: rank 0 alone, as one process does
         metrics["train_accuracy"] = pairwise_accuracy(model, train, tok.pad_token_id)
         metrics["val_accuracy"] = pairwise_accuracy(model, val, tok.pad_token_id) if val else float("nan")

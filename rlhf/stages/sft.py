@@ -29,6 +29,8 @@ def run(cfg: SFTConfig, on_log=None) -> StageResult:
     tok = load_tokenizer(model_path)
     if cfg.chat_template:                      # saved with the model: every later stage renders with it
         tok.chat_template = read_template(cfg.chat_template)
+    if cfg.lora.r:
+        distributed.refuse_sharded(dist, "sft.lora (LoRA)")
     model = load_causal_lm(model_path, tok, dtype=cfg.compute.dtype)
     if cfg.lora.r:
         model = accel.apply_lora(model, cfg.lora, causal_lm=True)
@@ -41,12 +43,14 @@ def run(cfg: SFTConfig, on_log=None) -> StageResult:
     rec = Recorder(on_log if dist.is_main else None)
     inputs = inputs_signature(model_path, data / "sft_train.jsonl", data / "sft_val.jsonl")
     ckpt = CheckpointManager(cfg.out_dir, cfg.train.checkpoint_every, is_main=dist.is_main,
-                             fingerprint=stage_fingerprint(cfg, dist.world_size, inputs, __name__))
+                             fingerprint=stage_fingerprint(cfg, dist.layout, inputs, __name__))
     models = {"model": model}
     state = resume(ckpt, models, rec)
     metrics = train_causal_lm(model, train, cfg.train, tok.pad_token_id, cfg.seed, val_examples=val, on_log=rec,
-                              state=state, on_step_end=step_saver(ckpt, models, rec), dist=dist)
+                              state=state, on_step_end=step_saver(ckpt, models, rec, dist), dist=dist)
     distributed.assert_in_sync(model, dist)
+    model = distributed.gathered(model, dist, lambda: accel.prepare(       # FSDP: rank 0 gets the whole model
+        load_causal_lm(model_path, tok, dtype=cfg.compute.dtype), device, cfg.compute, trainable=False))
     if dist.is_main:
         if has_template(tok):                  # sampling stops on the template's end of turn wherever it is loaded
             accel.hf_model(model).generation_config.eos_token_id = stop_ids(tok)

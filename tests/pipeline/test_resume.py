@@ -87,12 +87,28 @@ def start(cmd: list[str], cwd: Path, env: dict, log: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid``'s process group and every descendant: torchrun / accelerate launch start their workers in
+    sessions of their own (torch elastic's subprocess handler), which a kill of the launcher's group misses."""
+    import psutil
+    try:
+        procs = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        procs = []
+    os.killpg(pid, signal.SIGKILL)
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def kill_after_first_checkpoint(proc: subprocess.Popen, ckpt_root: Path, log: Path, timeout: float = 400) -> int:
-    """SIGKILL the process group as soon as a complete checkpoint exists; returns its step."""
+    """SIGKILL the process group (and every descendant) as soon as a complete checkpoint exists; returns its step."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if list(ckpt_root.glob("step-*/manifest.json")):
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid)
             proc.wait(timeout=60)
             from rlhf.checkpoint import latest_checkpoint
             return latest_checkpoint(ckpt_root).step          # what a restart will resume from
