@@ -38,6 +38,8 @@ OUR_PY = ROOT / ".venv" / "bin" / "python"
 # less gold per episode); it runs too, as side "ours-shared".
 OURS_PPO_SET = ["value_model=separate", "value_epochs=2"]
 SETS = [x for kv in OURS_PPO_SET for x in ("--set", kv)]
+# Equal work (issue 18): the critic trains in all 4 epochs, as TRL's PPO does; side "ours-equal".
+EQUAL_SETS = ["--set", "value_model=separate", "--set", "value_epochs=4"]
 TRL_PY = HERE / ".venv-trl" / "bin" / "python"
 TRL112_PY = HERE / ".venv-trl112" / "bin" / "python"
 
@@ -218,6 +220,8 @@ def main(argv=None) -> int:
     corpus = (art.parent / "data" / "corpus.jsonl") if (art.parent / "data" / "corpus.jsonl").exists() \
         else ROOT / "data" / "corpus.jsonl"
     sh([str(OUR_PY), str(HERE / "ours.py"), "prepare", "--artifacts", str(art), "--work", str(work)], ROOT, a.threads)
+    if only & {"ppo", "rloo"}:
+        res["matmul"] = matmul_rate(art, work, a.threads)
     res["runs"] = run_comparisons(a, work, art, only)
     if "gold" in only:
         res["gold"] = gold_scores(work, corpus, a.threads)
@@ -231,6 +235,19 @@ def main(argv=None) -> int:
     return 0
 
 
+def matmul_rate(art: Path, work: Path, threads: int) -> dict:
+    """The machine's fp32 matmul rate at the policy's shapes and a PPO mini-batch's tokens (benchmarks/mfu.py, its own
+    process, the benchmark's thread count), with the mean prompt length: what the report's MFU rows divide by."""
+    manifest = json.loads((work / "manifest.json").read_text())
+    rows = manifest["ppo"]["rollout_batch_size"] // manifest["ppo"]["num_mini_batches"]
+    tokens = rows * (manifest["mean_prompt_tokens"] + manifest["ppo"]["sampling"]["max_new_tokens"])
+    out = work / "matmul.json"
+    sh([str(OUR_PY), str(HERE / "mfu.py"), "--model", str(art / "models" / "sft"), "--tokens", str(int(tokens)),
+        "--threads", str(threads), "--json", str(out)], ROOT, threads)
+    return {**json.loads(out.read_text()), "mean_prompt_tokens": manifest["mean_prompt_tokens"],
+            "ppo_epochs": manifest["ppo"]["ppo_epochs"]}
+
+
 # -- ours against TRL, side by side ---------------------------------------------------------------------------------
 def comparison_plans(a) -> dict:
     """stage -> the sides that run it: (side, python, script, command, extra arguments)."""
@@ -241,7 +258,8 @@ def comparison_plans(a) -> dict:
                    ("trl", TRL_PY, "trl_runs.py", "reward", [])],
         "ppo": [("ours", OUR_PY, "ours.py", "ppo", ["--episodes", str(a.episodes), *SETS]),
                 ("trl", TRL112_PY, "trl_runs.py", "ppo", ["--episodes", str(a.episodes)]),
-                ("ours-shared", OUR_PY, "ours.py", "ppo", ["--episodes", str(a.episodes)])],
+                ("ours-shared", OUR_PY, "ours.py", "ppo", ["--episodes", str(a.episodes)]),
+                ("ours-equal", OUR_PY, "ours.py", "ppo", ["--episodes", str(a.episodes), *EQUAL_SETS])],
         "rloo": [("trl", TRL_PY, "trl_runs.py", "rloo", ["--episodes", str(a.episodes)])],
     }
 

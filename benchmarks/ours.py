@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import math
+import statistics
 import os
 import sys
 import time
@@ -62,6 +63,7 @@ def cmd_prepare(a) -> None:
                 "pairs_per_group": len(pairs) / max(len(groups), 1), "n_prompts": len(prompts),
                 "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id,
                 "max_prompt_tokens": max(len(r["input_ids"]) for r in read_jsonl(work / "ppo_prompts.jsonl")),
+                "mean_prompt_tokens": statistics.mean(len(r["input_ids"]) for r in read_jsonl(work / "ppo_prompts.jsonl")),
                 "sft_batch": p.sft.train.batch_size, "sft_lr": p.sft.train.lr, "sft_max_length": p.sft.train.max_length,
                 "reward_groups_per_step": p.reward.train.batch_size, "reward_lr": p.reward.train.lr,
                 "ppo": dataclasses.asdict(p.ppo)}
@@ -166,10 +168,10 @@ def time_scoring_forwards(trainer, models) -> PhaseClock:
         timed_method(models.value_model, "forward", clock, "scoring/value", lambda: scoring["on"])
     inner_experience = trainer.experience
 
-    def experience(rollout):
+    def experience(rollout, *args, **kwargs):
         scoring["on"] = True
         try:
-            return inner_experience(rollout)
+            return inner_experience(rollout, *args, **kwargs)
         finally:
             scoring["on"] = False
     trainer.experience = experience

@@ -36,6 +36,9 @@ def report(res: dict) -> str:
     add = L.append
     machine_line(res, add)
     speed_table(res["runs"], add)
+    if res.get("matmul") and res["runs"].get("ppo"):
+        add("")
+        mfu_table(res, add)
     if res.get("gold", {}):
         gold_table(res["gold"], add)
     ab = res.get("ablations") or {}
@@ -83,15 +86,23 @@ def speed_table(R: dict, add) -> None:
         speed_row(add, f"  {label} {unit} per CPU-second", per_cpu(o, unit), per_cpu(t, unit))
         speed_row(add, f"{label} peak RSS (MiB, max over runs)", max_of(o), max_of(t), "<= 1.0x",
                   goal=lambda r: r <= 1.0)
-    for key, name, target, goal in (("ppo", "TRL 1.12 PPO", ">= 1.5x", lambda r: r >= 1.5),
-                                    ("rloo", "TRL RLOO", "> 1.0x", lambda r: r > 1.0)):
+    for key, name, target, goal, equal_goal in (
+            ("ppo", "TRL 1.12 PPO", ">= 1.5x", lambda r: r >= 1.5, (">= 1.5x", lambda r: r >= 1.5)),
+            ("rloo", "TRL RLOO", "> 1.0x", lambda r: r > 1.0, (">= 1.2x", lambda r: r >= 1.2))):
         if key in R:
-            policy_rows(R[key]["ours"], R[key]["trl"], name, target, goal, R.get("ppo", {}).get("ours-shared"), add)
+            policy_rows(R[key]["ours"], R[key]["trl"], name, target, goal, R.get("ppo", {}).get("ours-shared"), add,
+                        R.get("ppo", {}).get("ours-equal"), equal_goal)
 
 
-def policy_rows(o: list, t: list, name: str, target: str, goal, shared: list | None, add) -> None:
-    """Our PPO runs ``o`` against TRL's runs ``t`` (of the trainer ``name``): speed, then each phase's time."""
+def policy_rows(o: list, t: list, name: str, target: str, goal, shared: list | None, add,
+                equal: list | None = None, equal_goal=None) -> None:
+    """Our PPO runs ``o`` against TRL's runs ``t`` (of the trainer ``name``): speed, then each phase's time; with
+    ``equal`` (ours with the critic in every epoch, TRL's work) its speed first, against ``equal_goal``."""
     row = lambda *args, **kw: speed_row(add, *args, **kw)  # noqa: E731
+    if equal:
+        row(f"PPO episodes/s at equal work (critic every epoch) vs {name}", med(equal, "episodes_per_s"),
+            med(t, "episodes_per_s"), equal_goal[0], goal=equal_goal[1], runs=(equal, t, "episodes_per_s"))
+        row("  peak RSS at equal work (MiB)", max_of(equal), max_of(t), "<= 1.0x", goal=lambda r: r <= 1.0)
     row(f"PPO episodes/s vs {name}", med(o, "episodes_per_s"), med(t, "episodes_per_s"), target, goal=goal,
         runs=(o, t, "episodes_per_s"))
     row("  episodes per CPU-second", per_cpu(o, "episodes"), per_cpu(t, "episodes"))
@@ -114,6 +125,40 @@ def policy_rows(o: list, t: list, name: str, target: str, goal, shared: list | N
     if shared:
         row(f"  ours with the shared value head (the demo's params.yaml), episodes/s vs {name}",
             med(shared, "episodes_per_s"), med(t, "episodes_per_s"), runs=(shared, t, "episodes_per_s"))
+
+
+CRITIC_EPOCHS = {"ours-shared": 0, "ours-equal": 4}       # ours: value_epochs from its --set; TRL PPO 4; RLOO 0
+
+
+def mfu_table(res: dict, add) -> None:
+    """Model FLOPs utilisation per PPO phase and side (benchmarks/mfu.py): analytic FLOPs of the phase per iteration
+    / its median seconds / the machine's matmul rate measured in the same run."""
+    from mfu import phase_flops
+    m, R = res["matmul"], res["runs"]
+    sides = [(f"ours ({k})" if k != "ours" else "ours (value_epochs 2)", runs) for k, runs in R.get("ppo", {}).items()
+             if k.startswith("ours")]
+    sides += [("TRL 1.12 PPO", R["ppo"]["trl"])] if "ppo" in R else []
+    sides += [("TRL RLOO", R["rloo"]["trl"])] if "rloo" in R else []
+    add(f"fp32 matmul rate at the policy's shapes: {m['gflops']:.0f} GFLOP/s ({m['threads']} threads, {m['tokens']} "
+        f"rows; {m['model']['n_params'] / 1e6:.2f}M parameters, mean prompt {m['mean_prompt_tokens']:.1f} tokens)")
+    add("")
+    add("| side | phase | GFLOP per iteration | s per iteration | GFLOP/s | MFU (of the matmul rate) |")
+    add("|---|---|---|---|---|---|")
+    for label, runs in sides:
+        if not runs:
+            continue
+        r0 = runs[0]
+        critic = CRITIC_EPOCHS.get(label.split("(")[-1].rstrip(")"), None)
+        if critic is None:
+            critic = 0 if "RLOO" in label else 4 if "TRL" in label else int(next(
+                (o.split("=")[1] for o in r0.get("overrides") or [] if o.startswith("value_epochs=")), 4))
+        flops = phase_flops(m["model"]["n_params"], r0["episodes"] // r0["iterations"], m["mean_prompt_tokens"],
+                            med(runs, "response_length"), m["ppo_epochs"], critic)
+        for phase in ("generation", "scoring", "optimization"):
+            sec = med(runs, f"{phase}_s")
+            rate = flops[phase] / sec / 1e9 if sec else None
+            add(f"| {label} | {phase} | {flops[phase] / 1e9:.1f} | {fmt(sec)} | {fmt(rate)} | "
+                f"{fmt(rate / m['gflops'] if rate else None, '.0%')} |")
 
 
 def gold_table(g: dict, add) -> None:
