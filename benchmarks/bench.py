@@ -182,6 +182,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--code", choices=["head", "worktree"], default="head",
                     help="measure the committed code (default) or the working tree as it is at the start")
     ap.add_argument("--pipeline", action="store_true", help="also time `make pipeline` and a no-op `dvc repro` (minutes)")
+    ap.add_argument("--ppo-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a ppo: key for every side (ours via --set, TRL's through the workload's manifest), e.g. "
+                         "sampling={...} from size_artifacts.py's bench_args.txt")
     ap.add_argument("--json", help="raw results (default: WORK/results.json)")
     ap.add_argument("--markdown", help="the tables (default: WORK/results.md)")
     ap.add_argument("--report", metavar="RESULTS_JSON", help="only print the tables of an earlier run's results.json")
@@ -219,7 +222,8 @@ def main(argv=None) -> int:
     print(f"artifacts: {art}", flush=True)
     corpus = (art.parent / "data" / "corpus.jsonl") if (art.parent / "data" / "corpus.jsonl").exists() \
         else ROOT / "data" / "corpus.jsonl"
-    sh([str(OUR_PY), str(HERE / "ours.py"), "prepare", "--artifacts", str(art), "--work", str(work)], ROOT, a.threads)
+    sh([str(OUR_PY), str(HERE / "ours.py"), "prepare", "--artifacts", str(art), "--work", str(work),
+        *[x for kv in a.ppo_set for x in ("--set", kv)]], ROOT, a.threads)
     if only & {"ppo", "rloo"}:
         res["matmul"] = matmul_rate(art, work, a.threads)
     res["runs"] = run_comparisons(a, work, art, only)
@@ -251,15 +255,17 @@ def matmul_rate(art: Path, work: Path, threads: int) -> dict:
 # -- ours against TRL, side by side ---------------------------------------------------------------------------------
 def comparison_plans(a) -> dict:
     """stage -> the sides that run it: (side, python, script, command, extra arguments)."""
+    common = [x for kv in a.ppo_set for x in ("--set", kv)]     # ours; TRL reads them from the manifest
+    ours_sets, equal_sets = [*common, *SETS], [*common, *EQUAL_SETS]
     return {
         "sft": [("ours", OUR_PY, "ours.py", "sft", ["--steps", str(a.sft_steps)]),
                 ("trl", TRL_PY, "trl_runs.py", "sft", ["--steps", str(a.sft_steps)])],
         "reward": [("ours", OUR_PY, "ours.py", "reward", ["--steps", str(a.reward_steps)]),
                    ("trl", TRL_PY, "trl_runs.py", "reward", [])],
-        "ppo": [("ours", OUR_PY, "ours.py", "ppo", ["--episodes", str(a.episodes), *SETS]),
+        "ppo": [("ours", OUR_PY, "ours.py", "ppo", ["--episodes", str(a.episodes), *ours_sets]),
                 ("trl", TRL112_PY, "trl_runs.py", "ppo", ["--episodes", str(a.episodes)]),
-                ("ours-shared", OUR_PY, "ours.py", "ppo", ["--episodes", str(a.episodes)]),
-                ("ours-equal", OUR_PY, "ours.py", "ppo", ["--episodes", str(a.episodes), *EQUAL_SETS])],
+                ("ours-shared", OUR_PY, "ours.py", "ppo", ["--episodes", str(a.episodes), *common]),
+                ("ours-equal", OUR_PY, "ours.py", "ppo", ["--episodes", str(a.episodes), *equal_sets])],
         "rloo": [("trl", TRL_PY, "trl_runs.py", "rloo", ["--episodes", str(a.episodes)])],
     }
 

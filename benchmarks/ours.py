@@ -43,10 +43,9 @@ def cmd_prepare(a) -> None:
     from rlhf.modeling import load_tokenizer
     from rlhf.train_reward import encode_groups, pair_index
     from rlhf.train_lm import sft_examples
-    from rlhf.config import SamplingConfig
-    MAX_PROMPT_TOKENS = SamplingConfig().max_prompt_tokens
-
     p, art, work = params(), Path(a.artifacts), Path(a.work)
+    ppo = ppo_overrides(p.ppo, a.set)           # --set: this workload's ppo: keys (bench.py --ppo-set), TRL's too
+    MAX_PROMPT_TOKENS = ppo.sampling.max_prompt_tokens
     tok = load_tokenizer(art / "models" / "sft")
     sft = sft_examples(tok, load_jsonl(art / "data" / "sft_train.jsonl"), p.sft.train.max_length)
     write_jsonl(work / "sft.jsonl", [{"input_ids": e.ids, "completion_mask": e.mask} for e in sft])
@@ -66,7 +65,7 @@ def cmd_prepare(a) -> None:
                 "mean_prompt_tokens": statistics.mean(len(r["input_ids"]) for r in read_jsonl(work / "ppo_prompts.jsonl")),
                 "sft_batch": p.sft.train.batch_size, "sft_lr": p.sft.train.lr, "sft_max_length": p.sft.train.max_length,
                 "reward_groups_per_step": p.reward.train.batch_size, "reward_lr": p.reward.train.lr,
-                "ppo": dataclasses.asdict(p.ppo)}
+                "ppo": dataclasses.asdict(ppo)}
     (work / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     print(json.dumps({k: v for k, v in manifest.items() if k != "ppo"}))
 

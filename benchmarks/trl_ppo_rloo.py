@@ -186,7 +186,7 @@ def rloo_reward_function(rm, tok, missing_eos_penalty: float, clock: PhaseClock,
             for i, s in enumerate(seqs):
                 ids[i, width - len(s):], attn[i, width - len(s):] = torch.tensor(s), 1
             pos = (attn.cumsum(-1) - 1).clamp(min=0)
-            h = rm.transformer(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state[:, -1]
+            h = rm.base_model(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state[:, -1]
             scores = rm.score(h).squeeze(-1)
             ended = torch.tensor([len(c) > 0 and c[-1] == eos for c in completion_ids])
             scores = torch.where(ended, scores, scores - missing_eos_penalty)
