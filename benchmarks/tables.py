@@ -152,8 +152,9 @@ def mfu_table(res: dict, add) -> None:
         if critic is None:
             critic = 0 if "RLOO" in label else 4 if "TRL" in label else int(next(
                 (o.split("=")[1] for o in r0.get("overrides") or [] if o.startswith("value_epochs=")), 4))
+        scoring = 2 if "ours-shared" in label else 3    # the shared head's values come with the sampler's states
         flops = phase_flops(m["model"]["n_params"], r0["episodes"] // r0["iterations"], m["mean_prompt_tokens"],
-                            med(runs, "response_length"), m["ppo_epochs"], critic)
+                            med(runs, "response_length"), m["ppo_epochs"], critic, scoring)
         for phase in ("generation", "scoring", "optimization"):
             sec = med(runs, f"{phase}_s")
             rate = flops[phase] / sec / 1e9 if sec else None

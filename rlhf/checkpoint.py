@@ -425,13 +425,13 @@ def step_saver(manager: CheckpointManager, models: dict[str, torch.nn.Module], r
     """``on_step_end`` for train_causal_lm / train_reward_model: a checkpoint every ``manager.every`` steps.
     ``dist`` (rlhf/distributed.py DistContext): under FSDP the weights and the optimiser state are gathered whole
     first (collectives: every rank runs this), so the checkpoint is the one a single process writes."""
-    from rlhf import distributed
+    from rlhf import distributed, sharding
     dist = dist or distributed.SINGLE
 
     def on_step_end(step: int, live: dict) -> None:
         if manager.due(step, live["total"]):
-            weights = {name: distributed.full_state_dict(m, dist) for name, m in models.items()}
-            state = {"optimizer": distributed.optimizer_state(live["model"], live["optimizer"], dist),
+            weights = {name: sharding.full_state_dict(m, dist) for name, m in models.items()}
+            state = {"optimizer": sharding.optimizer_state(live["model"], live["optimizer"], dist),
                      "scheduler": live["scheduler"].state_dict()}
             manager.save(step, models, state, recorder.rows, weights=weights)
     return on_step_end

@@ -22,9 +22,8 @@ WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), every training stage (s
 - FSDP2 (configs/accelerate/fsdp.yaml; pretrain, sft, reward): ``prepare`` hands the model and its optimiser to
   ``accelerator.prepare`` (``fully_shard`` in place; the optimiser steps the shards). Every rank must then make the
   same forward calls: ``micro_batches`` pads a short share with zero-weight repeats, evaluation runs every batch on
-  every rank, and what follows training on rank 0 uses ``gathered`` (the whole weights in a fresh module).
-  Checkpoints hold the gathered weights (``full_state_dict``) and optimiser state (``optimizer_state``), the files
-  one process writes. accelerate 1.15 never enables FSDP for CPU processes; ``_require_fsdp2`` sets its state as it
+  every rank, and what follows training on rank 0 uses rlhf/sharding.py ``gathered`` (the whole weights in a fresh
+  module). Checkpoints hold the gathered weights and optimiser state (sharding.py), the files one process writes. accelerate 1.15 never enables FSDP for CPU processes; ``_require_fsdp2`` sets its state as it
   does on GPUs. ppo, LoRA, FSDP1 and DeepSpeed are refused in one line.
 
 Gradients are never reduced by hand here. The collective calls must be made by every rank in the same order: keep
@@ -237,61 +236,6 @@ def micro_batches(idx: Sequence, micro: int, ctx: DistContext) -> list[tuple[lis
         most = -(-(-(-len(idx) // ctx.world_size)) // micro)        # rank 0's count: ceil(ceil(n / world) / micro)
         runs += [([(local or list(idx))[0]], False)] * (most - len(runs))
     return runs
-
-
-def param_share(module: torch.nn.Module) -> float:
-    """The share of the module's parameter elements this rank holds: 1 unsharded, about 1/world under FSDP
-    (a DTensor's ``numel`` is the whole tensor's, its ``to_local`` this rank's shard)."""
-    from torch.distributed.tensor import DTensor
-    total = sum(p.numel() for p in module.parameters())
-    local = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in module.parameters())
-    return local / max(total, 1)
-
-
-def full_state_dict(module: torch.nn.Module, ctx: DistContext):
-    """Under FSDP the gathered, unsharded weights (``accelerator.get_state_dict``: a collective, EVERY rank calls;
-    rank 0 receives them on CPU, the others an empty dict); None otherwise (the module's own tensors are whole)."""
-    return accelerator().get_state_dict(module) if ctx.sharded else None
-
-
-def gathered(module: torch.nn.Module, ctx: DistContext, build) -> torch.nn.Module:
-    """The trained module as one process would hold it, for what follows training on rank 0 (evaluation,
-    normalisation, saving through the model's own save_pretrained). Under FSDP: its weights gathered (a collective,
-    EVERY rank calls) and loaded, strictly, into a fresh unsharded module that ``build()`` makes on rank 0 (the
-    other ranks get their sharded module back); otherwise the module itself. Peak memory on rank 0: two copies."""
-    full = full_state_dict(module, ctx)
-    if full is None or not ctx.is_main:
-        return module
-    fresh = build()
-    fresh.load_state_dict(full)
-    return fresh
-
-
-def _full(**kw):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-    return StateDictOptions(full_state_dict=True, **kw)
-
-
-def _inner(optimizer):
-    return getattr(optimizer, "optimizer", optimizer)       # accelerate's AcceleratedOptimizer wraps the torch one
-
-
-def optimizer_state(module: torch.nn.Module, optimizer, ctx: DistContext) -> dict:
-    """The optimiser's state to checkpoint: its ``state_dict()``, or under FSDP the unsharded one keyed by parameter
-    name (torch.distributed.checkpoint ``get_optimizer_state_dict``, a collective: every rank calls)."""
-    if not ctx.sharded:
-        return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-    return get_optimizer_state_dict(module, _inner(optimizer), options=_full(cpu_offload=True))
-
-
-def load_optimizer_state(module: torch.nn.Module, optimizer, state: dict, ctx: DistContext) -> None:
-    """Restore what ``optimizer_state`` saved (under FSDP each rank keeps its shards of the full state)."""
-    if not ctx.sharded:
-        optimizer.load_state_dict(state)
-        return
-    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-    set_optimizer_state_dict(module, _inner(optimizer), optim_state_dict=state, options=_full())
 
 
 def backward(loss: torch.Tensor, ctx: DistContext) -> None:

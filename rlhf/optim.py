@@ -5,9 +5,10 @@ import math
 
 import torch
 
-from rlhf.distributed import SINGLE, DistContext, load_optimizer_state, prepare
+from rlhf.distributed import SINGLE, DistContext, prepare
 from rlhf.distributed import clip_grad_norm as clip_gradients
 from rlhf.finite import require_finite
+from rlhf.sharding import load_optimizer_state
 
 
 def make_optimizer(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:

@@ -22,9 +22,10 @@ from rlhf.chat import as_messages, assistant_mask
 from rlhf.config import TrainConfig
 from rlhf.data import batches, encode_prompt, encode_response, pad_left
 from rlhf.distributed import (SINGLE, DistContext, all_reduce_sum, backward_sum, check_batch, micro_batches,
-                              micro_step, param_share, shard)
+                              micro_step, shard)
 from rlhf.modeling import position_ids_from_mask
 from rlhf.optim import optimizer_step, setup_training
+from rlhf.sharding import param_share
 
 LogFn = Callable[[int, dict], None]
 

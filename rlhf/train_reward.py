@@ -23,9 +23,10 @@ from rlhf.accel import model_device, to_device
 from rlhf.config import TrainConfig
 from rlhf.data import encode_prompt, encode_response, pad_left
 from rlhf.distributed import (SINGLE, DistContext, all_reduce_sum, backward_sum, check_batch, micro_batches,
-                              micro_step, param_share)
+                              micro_step)
 from rlhf.finite import NonFiniteError
 from rlhf.optim import optimizer_step, setup_training
+from rlhf.sharding import param_share
 from rlhf.reward_format import same_tokenizer
 from rlhf.train_lm import plan_batches
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf import accel, distributed
+from rlhf import accel, distributed, sharding
 from rlhf.checkpoint import CheckpointManager, inputs_signature, resume, stage_fingerprint, step_saver
 from rlhf.config import PretrainConfig
 from rlhf.data import load_jsonl
@@ -51,7 +51,7 @@ def run(cfg: PretrainConfig, on_log=None) -> StageResult:
                               val_examples=pack_corpus(tok, val, block), on_log=rec, state=state,
                               on_step_end=step_saver(ckpt, models, rec, dist), dist=dist)
     distributed.assert_in_sync(model, dist)
-    model = distributed.gathered(model, dist, lambda: build_gpt2(cfg.model, tok, cfg.seed))   # FSDP: whole on rank 0
+    model = sharding.gathered(model, dist, lambda: build_gpt2(cfg.model, tok, cfg.seed))   # FSDP: whole on rank 0
     if dist.is_main:
         with atomic_output_dir(out) as tmp:
             save_tokenizer_and_model(model, tok, tmp)

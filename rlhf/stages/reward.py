@@ -13,7 +13,7 @@ from rlhf.chat import prompt_key
 import shutil
 from pathlib import Path
 
-from rlhf import accel, distributed
+from rlhf import accel, distributed, sharding
 from rlhf.checkpoint import CheckpointManager, inputs_signature, resume, stage_fingerprint, step_saver
 from rlhf.config import RewardConfig
 from rlhf.data import load_jsonl
@@ -50,7 +50,7 @@ def copy_generation_config(model_path, out_dir: Path) -> None:
 
 
 def _whole(cfg: RewardConfig, tok, device) -> RewardModel:
-    """An unsharded reward model as run() builds it, for FSDP's gathered weights (rlhf/distributed.py gathered)."""
+    """An unsharded reward model as run() builds it, for FSDP's gathered weights (rlhf/sharding.py gathered)."""
     model = RewardModel.from_causal_lm_path(cfg.model_path, tok)
     return accel.prepare(model, device, cfg.compute, trainable=False, hf=model.trunk)
 
@@ -83,7 +83,7 @@ def run(cfg: RewardConfig, on_log=None) -> StageResult:
     metrics = train_reward_model(model, train, cfg.train, tok.pad_token_id, cfg.loss, cfg.margin, cfg.seed, on_log=rec,
                                  state=state, on_step_end=step_saver(ckpt, models, rec, dist), dist=dist)
     distributed.assert_in_sync(model, dist)
-    model = distributed.gathered(model, dist, lambda: _whole(cfg, tok, device))    # FSDP: whole on rank 0
+    model = sharding.gathered(model, dist, lambda: _whole(cfg, tok, device))    # FSDP: whole on rank 0
     if dist.is_main:   # evaluation and normalisation are cheap next to training: rank 0 alone, as one process does
         metrics["train_accuracy"] = pairwise_accuracy(model, train, tok.pad_token_id)
         metrics["val_accuracy"] = pairwise_accuracy(model, val, tok.pad_token_id) if val else float("nan")

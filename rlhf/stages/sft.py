@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf import accel, distributed
+from rlhf import accel, distributed, sharding
 from rlhf.checkpoint import CheckpointManager, inputs_signature, resume, stage_fingerprint, step_saver
 from rlhf.chat import has_template, read_template, stop_ids
 from rlhf.config import SFTConfig
@@ -49,7 +49,7 @@ def run(cfg: SFTConfig, on_log=None) -> StageResult:
     metrics = train_causal_lm(model, train, cfg.train, tok.pad_token_id, cfg.seed, val_examples=val, on_log=rec,
                               state=state, on_step_end=step_saver(ckpt, models, rec, dist), dist=dist)
     distributed.assert_in_sync(model, dist)
-    model = distributed.gathered(model, dist, lambda: accel.prepare(       # FSDP: rank 0 gets the whole model
+    model = sharding.gathered(model, dist, lambda: accel.prepare(       # FSDP: rank 0 gets the whole model
         load_causal_lm(model_path, tok, dtype=cfg.compute.dtype), device, cfg.compute, trainable=False))
     if dist.is_main:
         if has_template(tok):                  # sampling stops on the template's end of turn wherever it is loaded

@@ -19,7 +19,9 @@ STAGE_LIST_HOME = ROOT / "tasks" / "graph.py"
 
 
 def sources(*dirs: str) -> list[Path]:
-    return sorted(p for d in dirs for p in (ROOT / d).rglob("*.py") if ".venv" not in p.parts)
+    """The project's own .py files under ``dirs`` (not those of a virtualenv: .venv, benchmarks/.venv-trl*)."""
+    return sorted(p for d in dirs for p in (ROOT / d).rglob("*.py")
+                  if not any(part.startswith(".venv") for part in p.relative_to(ROOT).parts))
 
 
 def stage_list_literals(tree: ast.AST, stages: set[str]) -> list[int]:
