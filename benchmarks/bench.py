@@ -37,9 +37,8 @@ OUR_PY = ROOT / ".venv" / "bin" / "python"
 # first 2 of the 4 epochs (ppo.value_epochs). params.yaml's demo keeps the shared value head (faster, more diverse,
 # less gold per episode); it runs too, as side "ours-shared".
 OURS_PPO_SET = ["value_model=separate", "value_epochs=2"]
-SETS = [x for kv in OURS_PPO_SET for x in ("--set", kv)]
 # Equal work (issue 18): the critic trains in all 4 epochs, as TRL's PPO does; side "ours-equal".
-EQUAL_SETS = ["--set", "value_model=separate", "--set", "value_epochs=4"]
+EQUAL_PPO_SET = ["value_model=separate", "value_epochs=4"]
 TRL_PY = HERE / ".venv-trl" / "bin" / "python"
 TRL112_PY = HERE / ".venv-trl112" / "bin" / "python"
 
@@ -223,7 +222,7 @@ def main(argv=None) -> int:
     corpus = (art.parent / "data" / "corpus.jsonl") if (art.parent / "data" / "corpus.jsonl").exists() \
         else ROOT / "data" / "corpus.jsonl"
     sh([str(OUR_PY), str(HERE / "ours.py"), "prepare", "--artifacts", str(art), "--work", str(work),
-        *[x for kv in a.ppo_set for x in ("--set", kv)]], ROOT, a.threads)
+        *set_args(a.ppo_set)], ROOT, a.threads)
     if only & {"ppo", "rloo"}:
         res["matmul"] = matmul_rate(art, work, a.threads)
     res["runs"] = run_comparisons(a, work, art, only)
@@ -237,6 +236,11 @@ def main(argv=None) -> int:
     Path(a.markdown).write_text(md + "\n")
     print("\n" + md)
     return 0
+
+
+def set_args(kvs: list[str]) -> list[str]:
+    """``["k=v", ...]`` -> ``["--set", "k=v", ...]`` (ours.py's ppo: overrides)."""
+    return [x for kv in kvs for x in ("--set", kv)]
 
 
 def matmul_rate(art: Path, work: Path, threads: int) -> dict:
@@ -255,8 +259,8 @@ def matmul_rate(art: Path, work: Path, threads: int) -> dict:
 # -- ours against TRL, side by side ---------------------------------------------------------------------------------
 def comparison_plans(a) -> dict:
     """stage -> the sides that run it: (side, python, script, command, extra arguments)."""
-    common = [x for kv in a.ppo_set for x in ("--set", kv)]     # ours; TRL reads them from the manifest
-    ours_sets, equal_sets = [*common, *SETS], [*common, *EQUAL_SETS]
+    common = set_args(a.ppo_set)                # ours; TRL reads them from the workload's manifest
+    ours_sets, equal_sets = set_args(a.ppo_set + OURS_PPO_SET), set_args(a.ppo_set + EQUAL_PPO_SET)
     return {
         "sft": [("ours", OUR_PY, "ours.py", "sft", ["--steps", str(a.sft_steps)]),
                 ("trl", TRL_PY, "trl_runs.py", "sft", ["--steps", str(a.sft_steps)])],
@@ -321,7 +325,8 @@ def run_ablations(a, work: Path, art: Path) -> dict:
     out = work / "results" / "ablations.json"
     print("  running ablations (A/B in one process) ...", flush=True)
     proc = measured([str(OUR_PY), str(HERE / "ablations.py"), "--artifacts", str(art), "--work", str(work),
-                     "--rounds", str(a.ablation_rounds), "--threads", str(a.threads), "--out", str(out), *SETS],
+                     "--rounds", str(a.ablation_rounds), "--threads", str(a.threads), "--out", str(out),
+                     *set_args(OURS_PPO_SET)],
                     work / "logs" / "ablations.log", a.threads)
     return {**json.loads(out.read_text()), "wall_s": proc["wall_s"]}
 

@@ -17,8 +17,8 @@ import argparse
 import dataclasses
 import json
 import math
-import statistics
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -56,13 +56,13 @@ def cmd_prepare(a) -> None:
             pairs.append({"chosen_ids": g.seqs[w], "rejected_ids": g.seqs[l]})
     write_jsonl(work / "reward_pairs.jsonl", pairs)
     prompts = [r["prompt"] for r in load_jsonl(art / "data" / "prompts_ppo.jsonl")]
-    write_jsonl(work / "ppo_prompts.jsonl",
-                [{"prompt": q, "input_ids": encode_prompt(tok, q, MAX_PROMPT_TOKENS)} for q in prompts])
+    ppo_prompts = [{"prompt": q, "input_ids": encode_prompt(tok, q, MAX_PROMPT_TOKENS)} for q in prompts]
+    write_jsonl(work / "ppo_prompts.jsonl", ppo_prompts)
     manifest = {"n_sft": len(sft), "n_groups": len(groups), "n_pairs": len(pairs),
                 "pairs_per_group": len(pairs) / max(len(groups), 1), "n_prompts": len(prompts),
                 "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id,
-                "max_prompt_tokens": max(len(r["input_ids"]) for r in read_jsonl(work / "ppo_prompts.jsonl")),
-                "mean_prompt_tokens": statistics.mean(len(r["input_ids"]) for r in read_jsonl(work / "ppo_prompts.jsonl")),
+                "max_prompt_tokens": max(len(r["input_ids"]) for r in ppo_prompts),
+                "mean_prompt_tokens": statistics.mean(len(r["input_ids"]) for r in ppo_prompts),
                 "sft_batch": p.sft.train.batch_size, "sft_lr": p.sft.train.lr, "sft_max_length": p.sft.train.max_length,
                 "reward_groups_per_step": p.reward.train.batch_size, "reward_lr": p.reward.train.lr,
                 "ppo": dataclasses.asdict(ppo)}

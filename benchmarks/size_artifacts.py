@@ -75,6 +75,7 @@ def main(argv=None) -> int:
     from rlhf.data import load_jsonl
     from common import write_jsonl
     from rlhf.modeling import RewardModel, load_tokenizer
+    from rlhf.stages.common import save_tokenizer_and_model
     from rlhf.train_lm import sft_examples, train_causal_lm
     from rlhf.train_reward import encode_groups, train_reward_model
 
@@ -90,8 +91,7 @@ def main(argv=None) -> int:
     model = build_llama(tok, a.size, positions, a.seed)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{a.size}: {n_params / 1e6:.1f}M parameters")
-    model.save_pretrained(out / "models" / "base")
-    tok.save_pretrained(out / "models" / "base")
+    save_tokenizer_and_model(model, tok, out / "models" / "base")
 
     examples = sft_examples(tok, load_jsonl(src / "data" / "sft_train.jsonl"), 128)
     cfg = TrainConfig(batch_size=16, lr=3e-4, warmup_ratio=0.05, max_length=128, log_every=25, checkpoint_every=0,
@@ -102,8 +102,7 @@ def main(argv=None) -> int:
     log(f"sft: {m['steps']} steps in {time.perf_counter() - t0:.0f} s, final loss {m['train_loss']:.3f}")
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(out / "models" / "sft")
-    tok.save_pretrained(out / "models" / "sft")
+    save_tokenizer_and_model(model, tok, out / "models" / "sft")
 
     rm = RewardModel.from_causal_lm_path(out / "models" / "sft", tok)
     groups = encode_groups(tok, load_jsonl(src / "preferences" / "rankings_train.jsonl"), 128)
@@ -114,8 +113,7 @@ def main(argv=None) -> int:
     train_reward_model(rm, groups, rcfg, tok.pad_token_id, seed=a.seed,
                        on_log=lambda s, r: log(f"reward step {s}/{a.reward_steps}: accuracy {r['reward/accuracy']:.2f}"))
     log(f"reward: {a.reward_steps} steps in {time.perf_counter() - t0:.0f} s")
-    rm.save_pretrained(out / "models" / "reward")
-    tok.save_pretrained(out / "models" / "reward")
+    save_tokenizer_and_model(rm, tok, out / "models" / "reward")
 
     prompts = corpus_prompts(tok, src / "data" / "corpus_train.jsonl", a.prompt_tokens, 512)
     write_jsonl(out / "data" / "prompts_ppo.jsonl", prompts)

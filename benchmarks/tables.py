@@ -127,7 +127,17 @@ def policy_rows(o: list, t: list, name: str, target: str, goal, shared: list | N
             med(shared, "episodes_per_s"), med(t, "episodes_per_s"), runs=(shared, t, "episodes_per_s"))
 
 
-CRITIC_EPOCHS = {"ours-shared": 0, "ours-equal": 4}       # ours: value_epochs from its --set; TRL PPO 4; RLOO 0
+def side_work(stage: str, side: str, run: dict, ppo_epochs: int) -> tuple[int, int]:
+    """(epochs a separate critic trains in, forwards in scoring) of one side, from what it ran: ours' critic epochs
+    are its ``value_epochs`` override (0 or absent: every epoch); the shared head has no second trunk and takes its
+    values with the sampler's states (2 scoring forwards: reference, reward); TRL's PPO trains its critic in every
+    epoch, RLOO has none (3 forwards: policy or critic, reference, reward)."""
+    if side == "trl":
+        return (ppo_epochs if stage == "ppo" else 0), 3
+    sets = dict(o.split("=", 1) for o in run.get("overrides") or [])
+    if sets.get("value_model") != "separate":
+        return 0, 2
+    return int(sets.get("value_epochs", 0)) or ppo_epochs, 3
 
 
 def mfu_table(res: dict, add) -> None:
@@ -135,24 +145,20 @@ def mfu_table(res: dict, add) -> None:
     / its median seconds / the machine's matmul rate measured in the same run."""
     from mfu import phase_flops
     m, R = res["matmul"], res["runs"]
-    sides = [(f"ours ({k})" if k != "ours" else "ours (value_epochs 2)", runs) for k, runs in R.get("ppo", {}).items()
-             if k.startswith("ours")]
-    sides += [("TRL 1.12 PPO", R["ppo"]["trl"])] if "ppo" in R else []
-    sides += [("TRL RLOO", R["rloo"]["trl"])] if "rloo" in R else []
+    labels = {"ours": "ours (value_epochs 2)", "ours-shared": "ours (shared value head)",
+              "ours-equal": "ours (equal work)", "trl": "TRL 1.12 PPO"}
+    sides = [("ppo", k, labels.get(k, k), runs) for k, runs in R.get("ppo", {}).items()]
+    sides += [("rloo", "trl", "TRL RLOO", R["rloo"]["trl"])] if "rloo" in R else []
     add(f"fp32 matmul rate at the policy's shapes: {m['gflops']:.0f} GFLOP/s ({m['threads']} threads, {m['tokens']} "
         f"rows; {m['model']['n_params'] / 1e6:.2f}M parameters, mean prompt {m['mean_prompt_tokens']:.1f} tokens)")
     add("")
     add("| side | phase | GFLOP per iteration | s per iteration | GFLOP/s | MFU (of the matmul rate) |")
     add("|---|---|---|---|---|---|")
-    for label, runs in sides:
+    for stage, side, label, runs in sides:
         if not runs:
             continue
         r0 = runs[0]
-        critic = CRITIC_EPOCHS.get(label.split("(")[-1].rstrip(")"), None)
-        if critic is None:
-            critic = 0 if "RLOO" in label else 4 if "TRL" in label else int(next(
-                (o.split("=")[1] for o in r0.get("overrides") or [] if o.startswith("value_epochs=")), 4))
-        scoring = 2 if "ours-shared" in label else 3    # the shared head's values come with the sampler's states
+        critic, scoring = side_work(stage, side, r0, m["ppo_epochs"])
         flops = phase_flops(m["model"]["n_params"], r0["episodes"] // r0["iterations"], m["mean_prompt_tokens"],
                             med(runs, "response_length"), m["ppo_epochs"], critic, scoring)
         for phase in ("generation", "scoring", "optimization"):

@@ -23,8 +23,9 @@ WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), every training stage (s
   ``accelerator.prepare`` (``fully_shard`` in place; the optimiser steps the shards). Every rank must then make the
   same forward calls: ``micro_batches`` pads a short share with zero-weight repeats, evaluation runs every batch on
   every rank, and what follows training on rank 0 uses rlhf/sharding.py ``gathered`` (the whole weights in a fresh
-  module). Checkpoints hold the gathered weights and optimiser state (sharding.py), the files one process writes. accelerate 1.15 never enables FSDP for CPU processes; ``_require_fsdp2`` sets its state as it
-  does on GPUs. ppo, LoRA, FSDP1 and DeepSpeed are refused in one line.
+  module). Checkpoints hold the gathered weights and optimiser state (sharding.py), the files one process writes.
+  accelerate 1.15 never enables FSDP for CPU processes; ``_shard_on_cpu`` sets its state as it does on GPUs. ppo,
+  LoRA, FSDP1 and DeepSpeed are refused in one line.
 
 Gradients are never reduced by hand here. The collective calls must be made by every rank in the same order: keep
 them outside rank-dependent branches.
@@ -91,14 +92,16 @@ def accelerator():
         if _flag("ACCELERATE_USE_DEEPSPEED"):
             raise RuntimeError("ACCELERATE_USE_DEEPSPEED=true: DeepSpeed is not supported yet; use FSDP "
                                "(configs/accelerate/fsdp.yaml) or data parallel (ddp.yaml, multi_cpu.yaml)")
-        if _flag("ACCELERATE_USE_FSDP") and os.environ.get("FSDP_VERSION", "1") != "2":  # accelerate's default: 1
-            _refuse_fsdp1()
+        fsdp = _flag("ACCELERATE_USE_FSDP")
+        if fsdp and os.environ.get("FSDP_VERSION", "1") != "2":      # accelerate's default is 1
+            raise RuntimeError(f"FSDP_VERSION={os.environ.get('FSDP_VERSION', '1')}: only FSDP2 is supported; set "
+                               "fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp.yaml)")
         from accelerate import Accelerator, DistributedDataParallelKwargs
         cpu = os.environ.get("RLHF_DIST_BACKEND") == "gloo" or not torch.cuda.is_available()
         acc = Accelerator(cpu=cpu, device_placement=False,
                           kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-        if _flag("ACCELERATE_USE_FSDP") and acc.num_processes > 1:
-            _require_fsdp2(acc)
+        if fsdp and acc.num_processes > 1:
+            _shard_on_cpu(acc)
         _ACCELERATOR = acc
         if dist.is_initialized():
             atexit.register(_shutdown)
@@ -109,13 +112,12 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "").lower() == "true"
 
 
-def _refuse_fsdp1() -> None:
-    raise RuntimeError(f"FSDP_VERSION={os.environ.get('FSDP_VERSION', '1')}: only FSDP2 is supported; set "
-                       "fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp.yaml)")
+def _fsdp2_active() -> bool:
+    return _ACCELERATOR is not None and _ACCELERATOR.is_fsdp2
 
 
-def _require_fsdp2(acc) -> None:
-    """Make sure an FSDP launch config really shards, with FSDP2 (``torch.distributed.fsdp.fully_shard``).
+def _shard_on_cpu(acc) -> None:
+    """Make sure an FSDP launch config really shards (FSDP2, ``torch.distributed.fsdp.fully_shard``).
 
     accelerate 1.15 turns FSDP on only for accelerator devices: ``AcceleratorState`` sets DistributedType.FSDP for
     MULTI_GPU/NPU/XPU/... and never for MULTI_CPU (accelerate/state.py), so under gloo on CPU an FSDP config would
@@ -123,16 +125,15 @@ def _require_fsdp2(acc) -> None:
     (PartialState and AcceleratorState, both: each AcceleratorState() copies PartialState's fields) to what it sets on
     GPUs, with the plugin built from the FSDP_* variables the launch exported, as accelerate builds it. Everything
     after that (fully_shard, the optimiser's parameters, no_sync, clipping, the gathered state dict) is accelerate's
-    and torch's. FSDP1 is refused: its state-dict and optimiser handling differ, and accelerate recommends FSDP2."""
+    and torch's. (FSDP1 was refused before: its state-dict and optimiser handling differ.) On GPUs: nothing to do."""
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-    if acc.distributed_type == DistributedType.FSDP and not acc.is_fsdp2:
-        _refuse_fsdp1()
-    if acc.distributed_type != DistributedType.FSDP:
-        plugin = FullyShardedDataParallelPlugin()
-        for state in (PartialState(), AcceleratorState()):
-            state.distributed_type = DistributedType.FSDP
-        AcceleratorState().fsdp_plugin = plugin
+    if acc.distributed_type == DistributedType.FSDP:
+        return
+    plugin = FullyShardedDataParallelPlugin()
+    for state in (PartialState(), AcceleratorState()):
+        state.distributed_type = DistributedType.FSDP
+    AcceleratorState().fsdp_plugin = plugin
 
 
 def init() -> DistContext:
@@ -162,7 +163,7 @@ def context() -> DistContext:
     """The current context: the process group's when one is initialised, else a single process."""
     if dist.is_available() and dist.is_initialized():
         return DistContext(dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", dist.get_rank())),
-                           sharded=_ACCELERATOR is not None and _ACCELERATOR.is_fsdp2)
+                           sharded=_fsdp2_active())
     return SINGLE
 
 
@@ -217,8 +218,7 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
 def micro_step(wrapped: torch.nn.Module, last: bool):
     """Context for one micro-batch's forward and backward: gradients are reduced only on the ``last`` one of an
     optimiser step (``accelerator.no_sync`` before it: DDP's no_sync, FSDP2's set_requires_gradient_sync)."""
-    sharded = _ACCELERATOR is not None and _ACCELERATOR.is_fsdp2
-    if last or (unwrap(wrapped) is wrapped and not sharded):
+    if last or (unwrap(wrapped) is wrapped and not _fsdp2_active()):
         return contextlib.nullcontext()
     return accelerator().no_sync(wrapped)
 

@@ -1,6 +1,7 @@
 """A throwaway copy of the project (git + DVC) on the tiny config, shared by the end-to-end tests."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -11,6 +12,22 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+
+
+@contextlib.contextmanager
+def restored_tracking_uri():
+    """The block may set MLFLOW_TRACKING_URI and MLflow's process-wide URI (``mlflow.set_tracking_uri`` sets both);
+    afterwards both are as they were, so later tests see the environment they started with."""
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        yield
+    finally:
+        import mlflow
+        mlflow.set_tracking_uri(None)
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 def sh(*cmd: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

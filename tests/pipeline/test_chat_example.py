@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.pipeline.conftest import BIN, ROOT, sh
+from tests.pipeline.conftest import BIN, ROOT, restored_tracking_uri, sh
 
 pytestmark = pytest.mark.slow
 
@@ -91,9 +91,8 @@ def test_the_chat_example_runs_end_to_end(example):
     import mlflow
 
     from tasks.model_loading import load_model
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(f"sqlite:///{example / 'mlflow.db'}")     # sets the process-wide URI and the variable
-    try:
+    with restored_tracking_uri():
+        mlflow.set_tracking_uri(f"sqlite:///{example / 'mlflow.db'}")     # the process-wide URI and the variable
         info = mlflow.models.get_model_info("models:/rlhf-policy@challenger")
         assert info.flavors["transformers"]["inference_task"] == "llm/v1/chat"   # on a text-generation pipeline
         reply = mlflow.pyfunc.load_model("models:/rlhf-policy@challenger").predict(
@@ -101,9 +100,3 @@ def test_the_chat_example_runs_end_to_end(example):
         assert reply[0]["object"] == "chat.completion"
         assert isinstance(reply[0]["choices"][0]["message"]["content"], str)
         assert load_model("models:/rlhf-policy@challenger", kind="policy").kind == "policy"   # ours: as data
-    finally:
-        mlflow.set_tracking_uri(None)                          # unset both, then put back what was there
-        if saved is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved

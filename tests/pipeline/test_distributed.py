@@ -73,8 +73,10 @@ def one_process(tmp_path_factory):
     return repo, results
 
 
-def accelerate_launch(port: int, config: str = "multi_cpu.yaml") -> list[str]:
-    return [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "configs" / "accelerate" / config),
+def accelerate_launch(port: int, config: str | Path = "multi_cpu.yaml") -> list[str]:
+    """``accelerate launch`` of 2 processes with a config of configs/accelerate/ (by name) or any file (a Path)."""
+    path = config if isinstance(config, Path) else ROOT / "configs" / "accelerate" / config
+    return [str(BIN / "accelerate"), "launch", "--config_file", str(path),
             "--num_processes", "2", "--main_process_port", str(port)]
 
 
@@ -105,6 +107,17 @@ def rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(a), 1e-12)
 
 
+def weight_difference(a: Path, b: Path) -> tuple[float, float]:
+    """(||w_b - w_a|| / ||w_a|| over every saved tensor, the worst tensor's max-abs difference over its max-abs)."""
+    from tests.pipeline.test_resume import weights
+    w1, w2 = weights(a), weights(b)
+    assert w1.keys() == w2.keys() and w1
+    diff = math.sqrt(sum(float((w1[k].double() - w2[k].double()).norm()) ** 2 for k in w1))
+    worst = max(float((w1[k].double() - w2[k].double()).abs().max() / max(float(w1[k].double().abs().max()), 1e-12))
+                for k in w1)
+    return diff / math.sqrt(sum(float(w1[k].double().norm()) ** 2 for k in w1)), worst
+
+
 def rows_without_timing(rows: list[dict]) -> list[dict]:
     return [without_timing({k: float(v) for k, v in r.items()}) for r in rows]
 
@@ -132,16 +145,10 @@ def test_supervised_weights_match_one_process(one_process, two_processes, stage,
     (measured 2e-8 sft, 6e-7 reward). Per tensor the worst max-abs difference is larger where a tensor is near zero
     (the reward model's final-norm bias: 5e-5 of its scale; Adam divides tiny gradient differences by tiny second
     moments); printed, not bounded."""
-    from tests.pipeline.test_resume import weights
     repo, _ = one_process
-    w1, w2 = weights(repo / one_dir), weights(repo / "artifacts" / "2p" / stage)
-    assert w1.keys() == w2.keys() and w1
-    diff = math.sqrt(sum(float((w1[k].double() - w2[k].double()).norm()) ** 2 for k in w1))
-    scale = math.sqrt(sum(float(w1[k].double().norm()) ** 2 for k in w1))
-    worst = max(float((w1[k].double() - w2[k].double()).abs().max() / max(float(w1[k].double().abs().max()), 1e-12))
-                for k in w1)
-    print(f"\n{stage} weights, 2 vs 1 processes: ||dw||/||w|| {diff / scale:.1e}, worst tensor max-abs {worst:.1e}")
-    assert diff / scale < SUPERVISED_RTOL
+    dw, worst = weight_difference(repo / one_dir, repo / "artifacts" / "2p" / stage)
+    print(f"\n{stage} weights, 2 vs 1 processes: ||dw||/||w|| {dw:.1e}, worst tensor max-abs {worst:.1e}")
+    assert dw < SUPERVISED_RTOL
 
 
 def test_ppo_two_processes_learn_and_repeat_exactly(one_process, two_processes):
@@ -204,8 +211,8 @@ def test_only_rank_zero_wrote_outputs_and_tracked(one_process, two_processes):
 FSDP_SFT = {"epochs": 6, "checkpoint_every": 10, "log_every": 5}       # 42 steps: a kill lands mid-run
 
 
-def fsdp_launch() -> list[str]:
-    return accelerate_launch(free_port(), "fsdp.yaml") + ["--mixed_precision", "no"]
+def fsdp_launch(config: str | Path = "fsdp.yaml") -> list[str]:
+    return accelerate_launch(free_port(), config) + ["--mixed_precision", "no"]
 
 
 @pytest.fixture(scope="module")
@@ -230,15 +237,6 @@ def fsdp(one_process, tmp_path_factory):
     return {**out, "one_sft": {"metrics": one_sft.metrics, "plots": one_sft.plots}, "uri": uri}
 
 
-def weight_difference(a: Path, b: Path) -> float:
-    """||w_b - w_a|| / ||w_a|| over every saved tensor."""
-    from tests.pipeline.test_resume import weights
-    w1, w2 = weights(a), weights(b)
-    assert w1.keys() == w2.keys() and w1
-    diff = math.sqrt(sum(float((w1[k].double() - w2[k].double()).norm()) ** 2 for k in w1))
-    return diff / math.sqrt(sum(float(w1[k].double().norm()) ** 2 for k in w1))
-
-
 @pytest.mark.parametrize("stage,keys,one_dir", [
     ("sft", ("train_loss", "val_loss"), "artifacts/fsdp1/sft"),
     ("reward", ("train_accuracy", "val_accuracy", "norm/raw_mean", "norm/raw_std", "norm/gain", "norm/bias"),
@@ -251,7 +249,7 @@ def test_fsdp_shards_and_matches_one_process(one_process, fsdp, stage, keys, one
     assert 0.4 < m2["param_share"] < 0.6                 # rank 0 held half of the weights: really sharded
     assert m1["steps"] == m2["steps"]
     diffs = {k: rel(m1[k], m2[k]) for k in keys}
-    dw = weight_difference(repo / one_dir, repo / "artifacts" / "fsdp" / stage)
+    dw, _ = weight_difference(repo / one_dir, repo / "artifacts" / "fsdp" / stage)
     print(f"\n{stage} FSDP (2 processes) vs 1 process: " + ", ".join(f"{k}={v:.1e}" for k, v in diffs.items())
           + f", weights {dw:.1e}, rank 0 holds {m2['param_share']:.0%} of the weights")
     assert max(diffs.values()) < SUPERVISED_RTOL, diffs
@@ -289,13 +287,11 @@ def test_fsdp_refuses_what_it_does_not_support(one_process, tmp_path, what, stag
     """In one line, before any training."""
     import subprocess
     repo, _ = one_process
-    cfg = ROOT / "configs" / "accelerate" / "fsdp.yaml"
+    cfg: str | Path = "fsdp.yaml"
     if edit:
-        (tmp_path / "fsdp.yaml").write_text(cfg.read_text().replace(*edit))
         cfg = tmp_path / "fsdp.yaml"
-    cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(cfg), "--num_processes", "2", "--mixed_precision",
-           "no", "--main_process_port", str(free_port()), str(BIN / "rlhf"), "stage", stage, "--params",
-           "params_2p.yaml"]
+        cfg.write_text((ROOT / "configs" / "accelerate" / "fsdp.yaml").read_text().replace(*edit))
+    cmd = fsdp_launch(cfg) + [str(BIN / "rlhf"), "stage", stage, "--params", "params_2p.yaml"]
     out = subprocess.run(cmd, cwd=repo, env=project_env(repo, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db"),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0

@@ -9,7 +9,7 @@ import os
 import pytest
 import yaml
 
-from tests.pipeline.conftest import sh
+from tests.pipeline.conftest import restored_tracking_uri, sh
 
 pytestmark = pytest.mark.slow
 
@@ -19,22 +19,17 @@ STAGES = ["prepare", "pretrain", "sft", "collect", "annotate", "preferences", "r
 @pytest.fixture(scope="module")
 def first_run(project, prefect_harness, tmp_path_factory):
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    cwd, old = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    os.chdir(project)
-    try:
-        from flows.pipeline import rlhf_pipeline
-        first = rlhf_pipeline(params_path="params.yaml")
-        second = rlhf_pipeline(params_path="params.yaml")
-        yield {"first": first, "second": second, "uri": uri}
-    finally:
-        os.chdir(cwd)
-        import mlflow
-        mlflow.set_tracking_uri(None)            # the tests below set the process-wide URI (and the variable) too
-        if old is None:                          # later test modules see the environment they started with
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old
+    cwd = os.getcwd()
+    with restored_tracking_uri():                # the tests below set the process-wide URI (and the variable) too
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        os.chdir(project)
+        try:
+            from flows.pipeline import rlhf_pipeline
+            first = rlhf_pipeline(params_path="params.yaml")
+            second = rlhf_pipeline(params_path="params.yaml")
+            yield {"first": first, "second": second, "uri": uri}
+        finally:
+            os.chdir(cwd)
 
 
 def test_stage_order_comes_from_dvc_yaml(project):
