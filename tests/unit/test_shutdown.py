@@ -25,10 +25,14 @@ if sys.argv[3] == "foreign":              # a library's handler replaces ours (P
         raise RuntimeError("foreign handler")
     signal.signal(signal.SIGTERM, foreign)
     shutdown.watch_handlers()
-print("ready", flush=True)
-while True:
+ready = False
+while True:   # every point where Python runs the handler (sleep, the inner loop's jump) lies inside the try
     try:
-        time.sleep(0.05)
+        if not ready:
+            ready = True
+            print("ready", flush=True)
+        while True:
+            time.sleep(0.05)
     except (SystemExit, KeyboardInterrupt, RuntimeError) as e:
         if sys.argv[3] == "polite":
             raise
