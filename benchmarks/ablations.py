@@ -29,6 +29,9 @@ PPO (one iteration's phases generation / scoring / optimisation):
   extra-decode-step  the sampler runs one more decode step after the last token (logits unused)
   no-kv-cache        every decode step re-runs the whole prefix
   fixed-length       always max_new_tokens decode steps (no stop once every row has ended)
+  keep-ended-rows    every row stays in the decode batch to the last step (ended rows are not dropped)
+  concat-kv-cache    the KV cache grows by concatenation at every decode step (transformers' DynamicLayer) instead
+                     of being written in place in a reserved buffer (rlhf/kv_cache.py)
   shared-value       the value head on the policy's trunk (ppo.value_model=shared: read from the policy's own forward)
                      instead of the separate critic of params.yaml; a cheaper but weaker design (BENCHMARKS.md), so
                      its ratio is below 1: what the separate critic costs
@@ -69,13 +72,16 @@ OPTIMISATION = {
     "extra-decode-step": "no decode step after the last token",
     "no-kv-cache": "KV cache in generation",
     "fixed-length": "early stop once every row has ended",
+    "keep-ended-rows": "ended rows leave the decode batch",
+    "concat-kv-cache": "KV cache written in place (instead of grown by concatenation)",
     "recompute-logprobs": "behaviour log-probs recorded while sampling (a policy forward to recompute them instead)",
     "shared-value": "separate critic (value head on the policy trunk instead: cheaper, learns less)",
     "all-value-epochs": "value loss in the first value_epochs only (critic in every epoch instead)",
 }
 SFT_VARIANTS = ["default", "gelu-new", "unfused-adamw"]
 PPO_VARIANTS = ["default", "gelu-new", "unfused-adamw", "full-logits", "multinomial-draw", "extra-decode-step",
-                "no-kv-cache", "fixed-length", "recompute-logprobs", "shared-value", "all-value-epochs"]
+                "no-kv-cache", "fixed-length", "keep-ended-rows", "concat-kv-cache", "recompute-logprobs",
+                "shared-value", "all-value-epochs"]
 SPEEDUP = "variant time / default time (> 1: the optimisation switched off buys that factor)"
 
 
@@ -238,7 +244,7 @@ def patched(name: str):
     import variants as V
 
     saved = (P.sample, G.draw, G.supports_logits_to_keep, R.supports_logits_to_keep)
-    if name in ("extra-decode-step", "no-kv-cache", "fixed-length"):
+    if name in ("extra-decode-step", "no-kv-cache", "fixed-length", "keep-ended-rows", "concat-kv-cache"):
         P.sample = V.SAMPLERS[name]              # rlhf.ppo imported the core's sample by name
     elif name == "multinomial-draw":
         G.draw = V.draw_multinomial              # the name the core's sample (and V.core_draw) look up

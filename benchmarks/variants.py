@@ -12,6 +12,9 @@ optimisations off, to measure what that optimisation buys. Same signature as the
   before it stopped right after the last token.
 - ``sample_multinomial``: the draw is ``torch.multinomial`` (one exponential per vocabulary entry on CPU) instead of
   the core's inverse-CDF ``rlhf.generation.draw`` (one uniform per row), with the same generator.
+- ``sample_keep_ended``: every row stays in the decode batch to the last step (no drop of ended rows).
+- ``sample_concat_cache``: the KV cache grows by concatenation (transformers' DynamicLayer) instead of being
+  written in place (``rlhf.kv_cache.reserve``).
 
 Everything else (softmax of the tempered logits in fp32, the inverse-CDF draw, pads after EOS, device handling) is
 the core's.
@@ -24,26 +27,33 @@ from __future__ import annotations
 import torch
 
 import rlhf.generation as G
+from rlhf import kv_cache
 from rlhf.generation import Rollout, _cache_kwarg, _cache_of
 from rlhf.logprobs import entropy_from_logits
 from rlhf.modeling import position_ids_from_mask
 
 
-def draw_multinomial(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``torch.multinomial`` on ``probs`` (B, V) -> (B,): the draw the core used before its inverse-CDF ``draw``."""
+def draw_multinomial(probs: torch.Tensor, generator: torch.Generator | None = None,
+                     u: torch.Tensor | None = None) -> torch.Tensor:
+    """``torch.multinomial`` on ``probs`` (B, V) -> (B,): the draw the core used before its inverse-CDF ``draw``
+    (``u``, the core's uniforms, unused)."""
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def core_draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def core_draw(probs: torch.Tensor, generator: torch.Generator | None = None,
+              u: torch.Tensor | None = None) -> torch.Tensor:
     """The core's draw, looked up at call time (so that a patch of ``rlhf.generation.draw`` applies here too)."""
-    return G.draw(probs, generator)
+    return G.draw(probs, generator, u)
 
 
-def make_sampler(cache: bool = True, early_stop: bool = True, draw=core_draw, extra_step: bool = False):
+def make_sampler(cache: bool = True, early_stop: bool = True, draw=core_draw, extra_step: bool = False,
+                 drop: bool = True, reserve: bool = True):
     """The core's sampler with the given switches; the defaults are the core's (``sample_core``).
 
     ``cache``: KV cache (else every step re-runs the prefix); ``early_stop``: stop once every row has ended;
-    ``draw(probs, generator)``: the token draw; ``extra_step``: one more decode step after the last token.
+    ``draw(probs, generator, u)``: the token draw; ``extra_step``: one more decode step after the last token;
+    ``drop``: ended rows leave the decode batch (``rlhf.generation.DROP_FINISHED_AT``); ``reserve``: the KV cache
+    written in place (``rlhf.kv_cache.reserve``) instead of growing by concatenation.
     ``record`` / ``hidden`` as the core's (behaviour log-probs, entropies, hidden states kept while sampling)."""
     @torch.no_grad()
     def sample(model, query_ids, query_mask, max_new_tokens, temperature, eos_id, pad_id, generator=None,
@@ -53,46 +63,64 @@ def make_sampler(cache: bool = True, early_stop: bool = True, draw=core_draw, ex
         B, dev = query_ids.size(0), query_ids.device
         ids, attn = query_ids, query_mask.clone()
         hs = {"output_hidden_states": True} if hidden else {}
+        last = {"logits_to_keep": 1} if G.supports_logits_to_keep(model) else {}
         out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn), use_cache=cache,
-                    **hs)
+                    **hs, **last)
         cache_kw = _cache_kwarg(model)
-        past, logits = (_cache_of(out) if cache else None), out.logits[:, -1]         # (B, V)
-        next_pos = attn.sum(1, keepdim=True)                                          # (B, 1)
+        past, logits = (_cache_of(out) if cache else None), out.logits[:, -1]         # (b, V)
+        if cache and reserve:
+            kv_cache.reserve(past, max_new_tokens - 1)
+        droppable = drop and (kv_cache.droppable(past) if cache else True)
+        next_pos = attn.sum(1, keepdim=True)                                          # (b, 1)
         finished = torch.zeros(B, dtype=torch.bool, device=dev)
-        tokens, masks, logps, states = [], [], [], []
+        stop = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), dtype=torch.long, device=dev)
+        seg = G._Segment(torch.arange(B, device=dev), [], [], [])
+        segments, tokens, masks = [seg], [], []
         for step in range(max_new_tokens):
-            scaled = logits.float() / temperature                                     # (B, V)
-            probs = torch.softmax(scaled, dim=-1)                                     # (B, V)
-            tok = draw(probs, generator)                                              # (B,)
-            tok = torch.where(finished, torch.full_like(tok, pad_id), tok)
+            scaled = logits.float() / temperature                                     # (b, V)
+            probs = torch.softmax(scaled, dim=-1)
+            u = torch.rand(B, 1, generator=generator)
+            drawn = draw(probs, generator, u[seg.rows.cpu()] if len(seg.rows) < B else u)
+            tok = torch.full((B,), pad_id, dtype=drawn.dtype, device=dev)
+            tok[seg.rows] = torch.where(finished[seg.rows], torch.full_like(drawn, pad_id), drawn)
             tokens.append(tok)
             masks.append((~finished).long())
+            seg.steps.append(step)
             if record:
-                logps.append(scaled)
+                seg.logits.append(scaled)
             if hidden:
-                states.append(out.hidden_states[-1][:, -1])
-            finished = finished | (tok == eos_id)
-            last = step == max_new_tokens - 1
-            if (early_stop and bool(finished.all())) or (last and not extra_step):
+                seg.states.append(out.hidden_states[-1][:, -1])
+            finished = finished | torch.isin(tok, stop)
+            last_step = step == max_new_tokens - 1
+            if (early_stop and bool(finished.all())) or (last_step and not extra_step):
                 break
-            attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=dev)], 1)
+            live = ~finished[seg.rows]
+            n_live = int(live.sum())
+            if droppable and 0 < n_live < len(seg.rows) and n_live <= (1 - G.DROP_FINISHED_AT) * len(seg.rows):
+                kept = live.nonzero().squeeze(1)
+                if cache:
+                    kv_cache.drop_rows(past, kept)
+                else:
+                    ids = ids[kept]
+                attn, next_pos = attn[kept], next_pos[kept]
+                seg = G._Segment(seg.rows[kept], [], [], [])
+                segments.append(seg)
+            attn = torch.cat([attn, torch.ones(len(seg.rows), 1, dtype=attn.dtype, device=dev)], 1)
             if cache:
-                out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True,
-                            **{cache_kw: past}, **hs)
+                out = model(input_ids=tok[seg.rows, None], attention_mask=attn, position_ids=next_pos,
+                            use_cache=True, **{cache_kw: past}, **hs)
                 past = _cache_of(out)
             else:
-                ids = torch.cat([ids, tok[:, None]], 1)
+                ids = torch.cat([ids, tok[seg.rows, None]], 1)
                 out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn),
                             use_cache=False, **hs)
             logits = out.logits[:, -1]
             next_pos = next_pos + 1
         model.train(was_training)
-        response_ids = torch.stack(tokens, 1)
-        scaled = torch.stack(logps, 1) if record else None
-        return Rollout(query_ids, query_mask, response_ids, torch.stack(masks, 1), finished,
-                       logprobs=G.gather_logprobs(scaled, response_ids) if record else None,
-                       entropy=entropy_from_logits(scaled) if record else None,
-                       hidden=torch.stack(states, 1) if hidden else None)
+        response_ids, response_mask = torch.stack(tokens, 1), torch.stack(masks, 1)
+        logprobs, entropy, states = G._recorded(segments, response_ids, response_mask, record, hidden)
+        return Rollout(query_ids, query_mask, response_ids, response_mask, finished, logprobs=logprobs,
+                       entropy=entropy, hidden=states)
     return sample
 
 
@@ -101,9 +129,12 @@ sample_no_cache = make_sampler(cache=False)
 sample_fixed_length = make_sampler(early_stop=False)
 sample_extra_step = make_sampler(extra_step=True)
 sample_multinomial = make_sampler(draw=draw_multinomial)
+sample_keep_ended = make_sampler(drop=False)
+sample_concat_cache = make_sampler(reserve=False)
 
 SAMPLERS = {"no-kv-cache": sample_no_cache, "fixed-length": sample_fixed_length,
-            "extra-decode-step": sample_extra_step, "multinomial-draw": sample_multinomial}
+            "extra-decode-step": sample_extra_step, "multinomial-draw": sample_multinomial,
+            "keep-ended-rows": sample_keep_ended, "concat-kv-cache": sample_concat_cache}
 
 
 def _tiny_lm():
@@ -165,7 +196,7 @@ def _check_seed(model, query_ids, query_mask, max_new_tokens, temperature, eos_i
     _, n_extra = run(sample_extra_step)
     assert n_extra[0] == n_ref[0] + int(w == max_new_tokens and not bool(ref.ended.all())), \
         f"seed {seed}: extra-decode-step ran {n_extra} forwards, the core {n_ref}"
-    for name in ("no-kv-cache", "extra-decode-step", "fixed-length"):
+    for name in ("no-kv-cache", "extra-decode-step", "fixed-length", "keep-ended-rows", "concat-kv-cache"):
         v, _ = run(SAMPLERS[name])
         assert torch.equal(v.response_ids[:, :w], ref.response_ids), f"seed {seed}: {name} changed the tokens"
         assert name == "fixed-length" or v.response_ids.size(1) == w, f"seed {seed}: {name} changed the width"

@@ -9,6 +9,13 @@ The draw is by inverse CDF: one uniform per row from a CPU generator, located in
 (``searchsorted``). Same distribution as ``torch.multinomial``, but one random number per row instead of one
 exponential per vocabulary entry (18% of generation time in the profile, BENCHMARKS.md), and the random stream does
 not depend on the device the model runs on.
+
+Finished rows leave the batch: once a quarter of the rows still being run have ended, they are dropped from the decode
+batch and from the KV cache (rlhf/kv_cache.py, which also writes the cache in place instead of growing it by
+concatenation), so late decode steps run only the prompts still sampling. RLHF responses end at very different lengths
+(the 26.7M-parameter Llama's 64-prompt rollouts in BENCHMARKS.md: 64 rows at the first decode step, under 20 ten steps
+later, of about 30), so most rows of the full-batch steps that TRL's ``generate`` runs are padding. The uniforms are
+still drawn one per prompt per step: the tokens do not depend on which rows were dropped.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from rlhf import kv_cache
 from rlhf.accel import hf_model, model_device, to_device
 from rlhf.chat import end_ids
 from rlhf.finite import NonFiniteError
@@ -54,9 +62,20 @@ def lm_response_logits(model, ids: torch.Tensor, attn: torch.Tensor, context_len
     return response_logits(logits, n - 1, temperature)
 
 
-def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row of ``probs`` (B, V) by inverse CDF; the uniforms come from ``generator`` on the CPU."""
-    u = torch.rand(probs.size(0), 1, generator=generator).to(probs.device, probs.dtype)     # (B, 1)
+# Finished rows are dropped from the decode batch once they are at least this fraction of it. A drop copies the
+# filled cache once: dropping at every ended row (a fraction of 0) copied it at almost every step and was no faster
+# on the 26.7M Llama's rollouts (BENCHMARKS.md "The second size"). benchmarks/ablations.py sets it above 1 (never
+# drop) to measure what the drop buys.
+DROP_FINISHED_AT = 0.25
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None,
+         u: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row of ``probs`` (B, V) by inverse CDF; the uniforms ``u`` (B, 1) are drawn from
+    ``generator`` on the CPU unless given."""
+    if u is None:
+        u = torch.rand(probs.size(0), 1, generator=generator)                                # (B, 1)
+    u = u.to(probs.device, probs.dtype)
     cdf = probs.cumsum(-1)                                                                 # (B, V)
     # Scale by the row's total so rounding in the cumsum can never push u past the last entry; right=True skips
     # zero-probability tokens (their cdf equals their left neighbour's).
@@ -100,58 +119,107 @@ def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> tup
     return pad_left([encode_prompt(tokenizer, p, max_prompt_tokens) for p in prompts], tokenizer.pad_token_id)
 
 
+@dataclass
+class _Segment:
+    """Decode steps run on the same batch rows: ``rows`` (b,) the prompts, ``steps`` their step indices, and what
+    was recorded at each step for those rows (tempered logits (b, V), hidden states (b, H))."""
+    rows: torch.Tensor
+    steps: list
+    logits: list
+    states: list
+
+
 @torch.no_grad()
 def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int, temperature: float,
            eos_id: int | Sequence[int], pad_id: int, generator: torch.Generator | None = None, record: bool = False,
            hidden: bool = False) -> Rollout:
     """Sample up to ``max_new_tokens`` per prompt with a KV cache; a row ends at the first of ``eos_id`` (one id or
     several: a chat model's EOS and end-of-turn, rlhf/chat.py ``end_ids``); stops early once every row has ended.
-    ``model`` is a causal LM (anything returning ``.logits`` and ``.past_key_values``).
+    ``model`` is a causal LM (anything returning ``.logits`` and ``.past_key_values``). Ended rows leave the decode
+    batch (module docstring).
 
     ``record``: also keep each drawn token's log-prob and each step's entropy (from the logits the draw used: PPO's
     behaviour log-probs without a second forward, as TRL's PPO takes them from ``generate``'s scores); ``hidden``:
-    also keep the last hidden state that predicted each token (a value head on the policy's trunk reads it)."""
+    also keep the last hidden state that predicted each token (a value head on the policy's trunk reads it). Both
+    are 0 after a row's end (every consumer masks those positions)."""
     was_training = model.training
     model.eval()
     B, dev = query_ids.size(0), query_ids.device
     attn = query_mask.clone()
     hs = {"output_hidden_states": True} if hidden else {}
+    last = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}    # only the last position is drawn from
     out = model(input_ids=query_ids, attention_mask=attn, position_ids=position_ids_from_mask(attn), use_cache=True,
-                **hs)
+                **hs, **last)
     cache_kw = _cache_kwarg(model)
-    past, logits = _cache_of(out), out.logits[:, -1]                              # (B, V)
-    next_pos = attn.sum(1, keepdim=True)                                          # (B, 1) next absolute position
-    finished = torch.zeros(B, dtype=torch.bool, device=dev)
+    past, logits = _cache_of(out), out.logits[:, -1]                              # (b, V): b rows still run
+    kv_cache.reserve(past, max_new_tokens - 1)
+    droppable = kv_cache.droppable(past)
+    next_pos = attn.sum(1, keepdim=True)                                          # (b, 1) next absolute position
+    finished = torch.zeros(B, dtype=torch.bool, device=dev)                       # (B,) over every prompt
     stop = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), dtype=torch.long, device=dev)  # (E,)
-    tokens, masks, kept_logits, states = [], [], [], []
+    seg = _Segment(torch.arange(B, device=dev), [], [], [])
+    segments, tokens, masks = [seg], [], []
     for step in range(max_new_tokens):
-        scaled = logits.float() / temperature                                     # (B, V)
-        probs = torch.softmax(scaled, dim=-1)                                     # (B, V)
-        tok = draw(probs, generator)                                              # (B,) the same draw recording or not
-        tok = torch.where(finished, torch.full_like(tok, pad_id), tok)
+        scaled = logits.float() / temperature                                     # (b, V)
+        probs = torch.softmax(scaled, dim=-1)                                     # (b, V)
+        u = torch.rand(B, 1, generator=generator)                                 # (B, 1) one per prompt, always
+        drawn = draw(probs, generator, u[seg.rows.cpu()] if len(seg.rows) < B else u)  # (b,)
+        tok = torch.full((B,), pad_id, dtype=drawn.dtype, device=dev)
+        tok[seg.rows] = torch.where(finished[seg.rows], torch.full_like(drawn, pad_id), drawn)
         tokens.append(tok)
         masks.append((~finished).long())
+        seg.steps.append(step)
         if record:
-            kept_logits.append(scaled)                                             # log-probs after the loop
+            seg.logits.append(scaled)                                             # log-probs after the loop
         if hidden:
-            states.append(out.hidden_states[-1][:, -1])                            # (B, H)
+            seg.states.append(out.hidden_states[-1][:, -1])                       # (b, H)
         finished = finished | torch.isin(tok, stop)
         if step == max_new_tokens - 1 or bool(finished.all()):   # no forward whose logits would be dropped
             break
-        attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=dev)], 1)
-        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
+        live = ~finished[seg.rows]                                                # (b,)
+        n_live = int(live.sum())
+        if droppable and n_live < len(seg.rows) and n_live <= (1 - DROP_FINISHED_AT) * len(seg.rows):
+            kept = live.nonzero().squeeze(1)                                      # (b',) positions in the batch
+            kv_cache.drop_rows(past, kept)
+            attn, next_pos = attn[kept], next_pos[kept]
+            seg = _Segment(seg.rows[kept], [], [], [])
+            segments.append(seg)
+        attn = torch.cat([attn, torch.ones(len(seg.rows), 1, dtype=attn.dtype, device=dev)], 1)
+        out = model(input_ids=tok[seg.rows, None], attention_mask=attn, position_ids=next_pos,
                     use_cache=True, **{cache_kw: past}, **hs)
         past, logits = _cache_of(out), out.logits[:, -1]
         next_pos = next_pos + 1
     model.train(was_training)
     response_ids = torch.stack(tokens, 1)                                         # (B, R')
     response_mask = torch.stack(masks, 1)                                         # (B, R')
-    logprobs = entropy = None
-    if record:                               # once over (B, R, V): a few ops instead of a few per decode step
-        scaled = torch.stack(kept_logits, 1)                                      # (B, R', V)
-        logprobs, entropy = gather_logprobs(scaled, response_ids), entropy_from_logits(scaled)
+    logprobs, entropy, states = _recorded(segments, response_ids, response_mask, record, hidden)
     return Rollout(query_ids, query_mask, response_ids, response_mask, finished, logprobs=logprobs, entropy=entropy,
-                   hidden=torch.stack(states, 1) if hidden else None)
+                   hidden=states)
+
+
+def _recorded(segments: list[_Segment], response_ids: torch.Tensor, response_mask: torch.Tensor, record: bool,
+              hidden: bool):
+    """(log-probs (B, R'), entropies (B, R'), hidden states (B, R', H)) over every prompt from the segments'
+    records (None where not recorded), 0 after each row's end. Once per segment over (b, s, V): a few ops instead
+    of a few per decode step."""
+    logprobs = entropy = states = None
+    ended = ~response_mask.bool()                                                 # (B, R')
+    index = [(g.rows[:, None], torch.tensor(g.steps, device=g.rows.device)[None, :]) for g in segments]
+    if record:
+        logprobs = response_ids.new_zeros(response_ids.shape, dtype=torch.float32)  # (B, R')
+        entropy = torch.zeros_like(logprobs)
+        for g, (rows, steps) in zip(segments, index):
+            scaled = torch.stack(g.logits, 1)                                     # (b, s, V)
+            logprobs[rows, steps] = gather_logprobs(scaled, response_ids[rows, steps])
+            entropy[rows, steps] = entropy_from_logits(scaled)
+        logprobs, entropy = logprobs.masked_fill(ended, 0), entropy.masked_fill(ended, 0)
+    if hidden:
+        first = segments[0].states[0]
+        states = first.new_zeros(*response_ids.shape, first.size(-1))               # (B, R', H)
+        for g, (rows, steps) in zip(segments, index):
+            states[rows, steps] = torch.stack(g.states, 1)
+        states = states.masked_fill(ended[..., None], 0)
+    return logprobs, entropy, states
 
 
 def response_logits(logits: torch.Tensor, response_length: int, temperature: float) -> torch.Tensor:

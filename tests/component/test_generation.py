@@ -1,6 +1,10 @@
+import pytest
 import torch
 
+from rlhf import generation, kv_cache
 from rlhf.generation import decode_responses, encode_prompts, logprobs_of, sample
+from rlhf.modeling import load_causal_lm, load_tokenizer
+from tests.component.conftest import TEXTS
 
 
 def test_batched_logprobs_equal_naive_token_by_token(tok, tiny_lm):
@@ -40,3 +44,46 @@ def test_sampling_is_reproducible_with_a_seeded_generator(tok, tiny_lm):
     a = sample(tiny_lm, q, qm, 8, 1.0, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(3))
     b = sample(tiny_lm, q, qm, 8, 1.0, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(3))
     assert torch.equal(a.response_ids, b.response_ids)
+
+
+def _ends_at_different_steps(tok):
+    """A tenth of the vocabulary ends a response: rows end after 1 to ~20 tokens."""
+    return list(range(len(tok)))[::10]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_ended_rows_leave_the_batch_and_no_token_changes(tok, tiny_lm, tmp_path, monkeypatch, arch):
+    """Dropping ended rows from the decode batch and its cache (rlhf/kv_cache.py) draws the same tokens, with the
+    same recorded log-probs, entropies and hidden states, as running every row to the end; after a row's end they
+    are 0."""
+    if arch == "llama":
+        from tests.component.test_hf_models import save_tiny_llama
+        save_tiny_llama(tok, tmp_path / "llama")
+        model = load_causal_lm(tmp_path / "llama", load_tokenizer(tmp_path / "llama"))
+    else:
+        model = tiny_lm
+    q, qm = encode_prompts(tok, [t[:8 + i] for i, t in enumerate(TEXTS[:24])], 16)
+    stop = _ends_at_different_steps(tok)
+    drops = []
+    monkeypatch.setattr(kv_cache, "drop_rows", lambda cache, keep, f=kv_cache.drop_rows: (drops.append(len(keep)),
+                                                                                            f(cache, keep)))
+
+    def run():
+        return sample(model, q, qm, 24, 1.0, stop, tok.pad_token_id, torch.Generator().manual_seed(5),
+                      record=True, hidden=True)
+
+    dropped = run()
+    assert drops, "no row was dropped: the test's responses must end at different steps"
+    monkeypatch.setattr(generation, "DROP_FINISHED_AT", 2.0)        # never drop
+    drops.clear()
+    full = run()
+    assert not drops
+    assert torch.equal(dropped.response_ids, full.response_ids)
+    assert torch.equal(dropped.response_mask, full.response_mask) and torch.equal(dropped.ended, full.ended)
+    lengths = full.response_mask.sum(1)
+    assert len(set(lengths.tolist())) > 3
+    m = full.response_mask.bool()
+    for got, want in ((dropped.logprobs, full.logprobs), (dropped.entropy, full.entropy),
+                      (dropped.hidden, full.hidden)):
+        assert torch.allclose(got[m], want[m], atol=1e-5)
+        assert not got[~m].any()
