@@ -32,7 +32,7 @@ from rlhf.logprobs import entropy_from_logits
 from rlhf.losses import ppo_policy_loss, ppo_value_loss
 from rlhf.masking import masked_mean
 from rlhf.optim import make_optimizer, make_scheduler
-from rlhf.rollout import Experience, experience_stats, make_experience, policy_forward
+from rlhf.rollout import Experience, experience_stats, make_experience, micro_batch, policy_forward
 
 
 
@@ -133,29 +133,28 @@ class PPOTrainer:
         """Loss on rows ``idx`` of the experience: policy loss + vf_coef * value loss. ``train_value`` False: the
         policy loss alone (the advantages were fixed when the rollout was scored), and a separate critic is not run."""
         c = self.cfg
-        ctx = exp.rollout.context_length
-        ids, attn = exp.rollout.full()
-        ids, attn = ids[idx], attn[idx]                                       # (b, T)
+        mb = micro_batch(exp, idx)                                           # (b, T'), its columns trimmed
+        ids, attn, ctx = mb.ids, mb.attn, mb.context_length
         if self.models.value_model is None:                                        # shared trunk: one forward, both
             logits, values = policy_forward(self.trained["policy"], ids, attn, ctx, c.sampling.temperature)
         else:                                 # separate critic: the policy's language model alone; the critic if trained
             logits = lm_response_logits(self.trained["lm"], ids, attn, ctx, c.sampling.temperature)
             values = self.trained["value"](ids, attn)[:, ctx - 1:-1] if train_value else None
-        mask = exp.mask[idx]
-        logprobs = gather_logprobs(logits, exp.rollout.response_ids[idx])     # (b, R)
-        pg_loss, clipfrac, approxkl = ppo_policy_loss(logprobs, exp.logprobs[idx], exp.advantages[idx], mask, c.cliprange)
+        mask = mb.mask
+        logprobs = gather_logprobs(logits, mb.response_ids)                  # (b, R')
+        pg_loss, clipfrac, approxkl = ppo_policy_loss(logprobs, mb.old_logprobs, mb.advantages, mask, c.cliprange)
         with torch.set_grad_enabled(c.entropy_coef > 0):
             entropy = masked_mean(entropy_from_logits(logits), mask)
         if c.entropy_coef > 0:             # entropy bonus (OpenRLHF's entropy_loss_coef): keeps sampling diverse
             pg_loss = pg_loss - c.entropy_coef * entropy
         entropy = entropy.detach()
         with torch.no_grad():
-            ratio = masked_mean(torch.exp(logprobs - exp.logprobs[idx]), mask)
+            ratio = masked_mean(torch.exp(logprobs - mb.old_logprobs), mask)
         stats = {"loss/policy": pg_loss.item(), "policy/clipfrac": clipfrac.item(), "policy/approxkl": approxkl.item(),
                  "policy/entropy": entropy.item(), "val/ratio": ratio.item()}
         if not train_value:
             return pg_loss, stats
-        vf_loss, vf_clipfrac = ppo_value_loss(values, exp.values[idx], exp.returns[idx], mask, c.cliprange_value)
+        vf_loss, vf_clipfrac = ppo_value_loss(values, mb.old_values, mb.returns, mask, c.cliprange_value)
         stats.update({"loss/value": vf_loss.item(), "val/clipfrac": vf_clipfrac.item()})
         return pg_loss + c.vf_coef * vf_loss, stats
 

@@ -40,6 +40,37 @@ class Experience:
     entropy: torch.Tensor           # (B, R) entropy of pi_theta_old
 
 
+@dataclass
+class MicroBatch:
+    """Rows of an experience for one optimisation step, without the columns none of them uses."""
+    ids: torch.Tensor               # (b, T') prompt + response
+    attn: torch.Tensor              # (b, T')
+    context_length: int             # prompt width after the trim
+    response_ids: torch.Tensor      # (b, R')
+    mask: torch.Tensor              # (b, R')
+    old_logprobs: torch.Tensor      # (b, R')
+    advantages: torch.Tensor        # (b, R')
+    old_values: torch.Tensor        # (b, R')
+    returns: torch.Tensor           # (b, R')
+
+
+def micro_batch(exp: Experience, idx: torch.Tensor) -> MicroBatch:
+    """Rows ``idx`` of ``exp``, without the left padding all their prompts share and the positions after their
+    longest response. A shuffled mini-batch of a ragged rollout is narrower than the rollout (the 26.7M Llama's:
+    responses of 7 tokens on average, 25-40 decode steps), and every forward and backward of the optimisation
+    phase runs on it. The result is the same up to rounding: attention is causal and masks padding, the positions
+    come from the attention mask, and every loss is a mean over the response mask. TRL's PPO trainer runs every
+    mini-batch at the rollout's full width."""
+    ids, attn = exp.rollout.full()
+    ctx = exp.rollout.context_length
+    ids, attn, mask = ids[idx], attn[idx], exp.mask[idx]
+    r = max(int(mask.sum(1).max()), 1)                                   # the longest response of these rows
+    left = int(attn[:, :ctx].any(0).long().argmax())                     # the first column some prompt uses
+    cols = slice(left, ctx + r)
+    return MicroBatch(ids[:, cols], attn[:, cols], ctx - left, exp.rollout.response_ids[idx, :r], mask[:, :r],
+                      exp.logprobs[idx, :r], exp.advantages[idx, :r], exp.values[idx, :r], exp.returns[idx, :r])
+
+
 def policy_forward(policy, ids: torch.Tensor, attn: torch.Tensor, context_length: int, temperature: float):
     """Shared-trunk forward: (response logits (B, R, V), values (B, R)). The value of the state that emits
     response token t is read at position context_length - 1 + t (as TRL: vpred[:, context_length - 1 : -1]).

@@ -147,3 +147,44 @@ def test_entropy_bonus_subtracts_coef_times_entropy_and_raises_the_entropy(tok, 
                 p -= 0.05 * p.grad
     _, after = bonus._minibatch_loss(exp, idx)
     assert after["policy/entropy"] > stats0["policy/entropy"]
+
+
+def test_a_micro_batch_without_unused_columns_gives_the_same_loss_and_gradients(tok, tiny_lm, monkeypatch):
+    """rlhf/rollout.py ``micro_batch`` drops the left padding all rows of a micro-batch share and the positions after
+    their longest response: the loss, its statistics and the gradients equal those at the rollout's full width."""
+    import rlhf.ppo as ppo_module
+    from rlhf.rollout import MicroBatch, micro_batch
+
+    trainer = make_trainer(tok, tiny_lm)
+    trainer.prompts = ["the film was", "the plot was great and the cast was dull and the", "the",
+                       "the score was dull and the ending felt long and the music"]
+    exp = trainer.experience(trainer.rollout(0))
+    lengths = torch.tensor([1, 3, 6, 2, 4, 2, 5, 1])[:exp.mask.size(0)]           # ragged responses
+    keep = torch.arange(exp.mask.size(1))[None, :] < lengths[:, None]
+    exp.mask = exp.mask * keep
+    exp.rollout.response_mask = exp.rollout.response_mask * keep
+    short_prompts = exp.rollout.query_mask.sum(1) <= 4
+    idx = torch.nonzero(short_prompts & (lengths <= 4)).squeeze(1)
+    assert len(idx) >= 2
+
+    def full_width(e, rows):
+        ids, attn = e.rollout.full()
+        return MicroBatch(ids[rows], attn[rows], e.rollout.context_length, e.rollout.response_ids[rows],
+                          e.mask[rows], e.logprobs[rows], e.advantages[rows], e.values[rows], e.returns[rows])
+
+    def loss_and_grads():
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss, stats = trainer._minibatch_loss(exp, idx)
+        loss.backward()
+        return loss.detach(), stats, [p.grad.clone() for p in trainer.models.policy.parameters()]
+
+    narrow = micro_batch(exp, idx)
+    assert narrow.ids.size(1) < exp.rollout.full()[0].size(1) - 2                # both sides trimmed
+    assert narrow.context_length < exp.rollout.context_length and narrow.mask.size(1) < exp.mask.size(1)
+    trimmed = loss_and_grads()
+    monkeypatch.setattr(ppo_module, "micro_batch", full_width)
+    whole = loss_and_grads()
+    assert torch.allclose(trimmed[0], whole[0], atol=1e-6)
+    assert all(abs(trimmed[1][k] - whole[1][k]) < 1e-5 for k in whole[1])
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(trimmed[2], whole[2]))
+    assert any(g.abs().sum() > 0 for g in whole[2])
