@@ -32,6 +32,8 @@ PPO (one iteration's phases generation / scoring / optimisation):
   keep-ended-rows    every row stays in the decode batch to the last step (ended rows are not dropped)
   concat-kv-cache    the KV cache grows by concatenation at every decode step (transformers' DynamicLayer) instead
                      of being written in place in a reserved buffer (rlhf/kv_cache.py)
+  full-width         every PPO micro-batch at the rollout's full width (``rlhf.ppo.micro_batch`` patched to keep the
+                     shared left padding and the positions after the micro-batch's longest response)
   shared-value       the value head on the policy's trunk (ppo.value_model=shared: read from the policy's own forward)
                      instead of the separate critic of params.yaml; a cheaper but weaker design (BENCHMARKS.md), so
                      its ratio is below 1: what the separate critic costs
@@ -74,14 +76,15 @@ OPTIMISATION = {
     "fixed-length": "early stop once every row has ended",
     "keep-ended-rows": "ended rows leave the decode batch",
     "concat-kv-cache": "KV cache written in place (instead of grown by concatenation)",
+    "full-width": "micro-batches trimmed to the columns their rows use",
     "recompute-logprobs": "behaviour log-probs recorded while sampling (a policy forward to recompute them instead)",
     "shared-value": "separate critic (value head on the policy trunk instead: cheaper, learns less)",
     "all-value-epochs": "value loss in the first value_epochs only (critic in every epoch instead)",
 }
 SFT_VARIANTS = ["default", "gelu-new", "unfused-adamw"]
 PPO_VARIANTS = ["default", "gelu-new", "unfused-adamw", "full-logits", "multinomial-draw", "extra-decode-step",
-                "no-kv-cache", "fixed-length", "keep-ended-rows", "concat-kv-cache", "recompute-logprobs",
-                "shared-value", "all-value-epochs"]
+                "no-kv-cache", "fixed-length", "keep-ended-rows", "concat-kv-cache", "full-width",
+                "recompute-logprobs", "shared-value", "all-value-epochs"]
 SPEEDUP = "variant time / default time (> 1: the optimisation switched off buys that factor)"
 
 
@@ -243,20 +246,22 @@ def patched(name: str):
     import rlhf.rollout as R
     import variants as V
 
-    saved = (P.sample, G.draw, G.supports_logits_to_keep, R.supports_logits_to_keep)
+    saved = (P.sample, P.micro_batch, G.draw, G.supports_logits_to_keep, R.supports_logits_to_keep)
     if name in ("extra-decode-step", "no-kv-cache", "fixed-length", "keep-ended-rows", "concat-kv-cache"):
         P.sample = V.SAMPLERS[name]              # rlhf.ppo imported the core's sample by name
     elif name == "multinomial-draw":
         G.draw = V.draw_multinomial              # the name the core's sample (and V.core_draw) look up
     elif name == "full-logits":
         G.supports_logits_to_keep = R.supports_logits_to_keep = lambda model: False
+    elif name == "full-width":
+        P.micro_batch = V.full_width_micro_batch   # rlhf.ppo imported the core's micro_batch by name
     elif name == "recompute-logprobs":
         core = P.sample
         P.sample = lambda *args, **kw: core(*args, **{**kw, "record": False, "hidden": False})
     try:
         yield
     finally:
-        P.sample, G.draw, G.supports_logits_to_keep, R.supports_logits_to_keep = saved
+        P.sample, P.micro_batch, G.draw, G.supports_logits_to_keep, R.supports_logits_to_keep = saved
 
 
 def time_ppo_rounds(trainers: dict, rounds: int) -> tuple[dict, dict]:

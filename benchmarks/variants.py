@@ -137,6 +137,14 @@ SAMPLERS = {"no-kv-cache": sample_no_cache, "fixed-length": sample_fixed_length,
             "keep-ended-rows": sample_keep_ended, "concat-kv-cache": sample_concat_cache}
 
 
+def full_width_micro_batch(exp, idx):
+    """``rlhf.rollout.micro_batch`` without the trim: rows ``idx`` at the rollout's full width."""
+    from rlhf.rollout import MicroBatch
+    ids, attn = exp.rollout.full()
+    return MicroBatch(ids[idx], attn[idx], exp.rollout.context_length, exp.rollout.response_ids[idx], exp.mask[idx],
+                      exp.logprobs[idx], exp.advantages[idx], exp.values[idx], exp.returns[idx])
+
+
 def _tiny_lm():
     """A random 2-layer GPT-2 with a vocabulary of 8 (so that rows end early and the early stop is exercised), for a
     self-test without artifacts."""
