@@ -64,8 +64,8 @@ def lm_response_logits(model, ids: torch.Tensor, attn: torch.Tensor, context_len
 
 # Finished rows are dropped from the decode batch once they are at least this fraction of it. A drop copies the
 # filled cache once: dropping at every ended row (a fraction of 0) copied it at almost every step and was no faster
-# on the 26.7M Llama's rollouts (BENCHMARKS.md "The second size"). benchmarks/ablations.py sets it above 1 (never
-# drop) to measure what the drop buys.
+# (4 rollouts of the 26.7M Llama of BENCHMARKS.md: 9.1-9.5 s against 9.0-9.2 s at 0.25; never dropping 12.5 s).
+# Above 1: never drop (what benchmarks/ablations.py's keep-ended-rows variant measures against).
 DROP_FINISHED_AT = 0.25
 
 
