@@ -240,9 +240,10 @@ class PPOConfig:
     kl_estimator: str = "k1"            # k1 | k2 | k3 (Schulman, "Approximating KL divergence")
     kl_coef: float = 0.2                # initial coefficient
     adaptive_kl: bool = True
-    target_kl: float = 2.5              # nats per sequence (adaptive controller)
-    kl_horizon: int = 2000              # episodes; 10000 (lm-human-preferences) barely moves the coefficient in a
-                                        # 6400-episode run; 2000 holds diversity at every seed (BENCHMARKS.md)
+    target_kl: float = 2.0              # nats per sequence (adaptive controller)
+    kl_horizon: int = 1000              # episodes; 10000 (lm-human-preferences) barely moves the coefficient in a
+                                        # 6400-episode run; 1000 with target 2.0 holds diversity at every seed
+                                        # with room (BENCHMARKS.md seed sweep)
     whiten_advantages: bool = True
     missing_eos_penalty: float = 1.0    # subtracted from the score of responses cut before EOS
     value_model: str = "shared"         # shared (value head on the policy trunk, the source's design) | separate
