@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.pipeline.conftest import BIN, sh
+from tests.pipeline.conftest import BIN, restored_tracking_uri, sh
 
 pytestmark = pytest.mark.slow
 
@@ -136,18 +136,15 @@ def registry(server, project):
     """Tests run inside the project, tracking to the server."""
     import mlflow
     uri = wait_healthy(server)
-    cwd, old = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    os.chdir(project)
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield {"uri": uri, "root": project}
-    finally:
-        os.chdir(cwd)
-        if old is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old
+    cwd = os.getcwd()
+    with restored_tracking_uri():
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        os.chdir(project)
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield {"uri": uri, "root": project}
+        finally:
+            os.chdir(cwd)
 
 
 def register(stage: str, kind: str, name: str, folder: str, params: dict, metrics: dict) -> tuple[str, str, str]:
