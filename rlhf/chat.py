@@ -125,10 +125,12 @@ def assistant_mask(tok, messages: Sequence[Message], max_length: int) -> tuple[l
     """(ids, loss mask) of a whole conversation for SFT: the mask is 1 exactly on the assistant turns' tokens, each
     up to and including its end-of-turn id (not the template's formatting after it), 0 on everything else.
 
-    Each assistant turn's span is found by rendering the conversation up to it with the generation prompt and up
-    to its end, and diffing the texts (TRL's approach when a template has no {% generation %} markers); the chat
-    template must render prefixes consistently, which is checked. Sequences longer than ``max_length`` keep their
-    beginning."""
+    Each assistant turn starts where the conversation rendered up to it with the generation prompt ends (TRL's
+    approach when a template has no {% generation %} markers; the template must render that prefix the same way in
+    the whole conversation, which is checked) and ends at the first end id after it (rlhf/chat.py ``end_ids``,
+    ``turn_end_id``). The turn rendered alone bounds the search: its text agrees with the whole conversation's up to
+    the template's closing text, which may differ for a last message (Phi-3 writes EOS after the last turn only).
+    Sequences longer than ``max_length`` keep their beginning."""
     msgs = as_messages(messages)
     if not has_template(tok):
         raise ChatError("SFT on `messages` needs a chat template (the tokenizer has none; set sft.chat_template)")
@@ -139,23 +141,29 @@ def assistant_mask(tok, messages: Sequence[Message], max_length: int) -> tuple[l
             continue
         before = tok.apply_chat_template(msgs[:i], tokenize=False, add_generation_prompt=True) if i else ""
         upto = tok.apply_chat_template(msgs[:i + 1], tokenize=False)
-        if not (full.startswith(upto) and upto.startswith(before)):
+        stop = _common_prefix_length(full, upto)
+        if not (full.startswith(before) and upto.startswith(before)) or stop <= len(before):
             raise ChatError("the chat template does not render conversations prefix by prefix; cannot find the "
                             "assistant turns")
-        spans.append((len(before), len(upto)))
+        spans.append((len(before), stop))
     if not spans:
         raise ChatError("a conversation for SFT needs at least one assistant turn")
     enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    ends, turn_end = set(end_ids(tok)), turn_end_id(tok)
+    ends = {*end_ids(tok), turn_end_id(tok)}
     mask = [0] * len(ids)
     for start, stop in spans:
         inside = [j for j, (a, b) in enumerate(offsets) if a >= start and b <= stop and b > a]
-        last = max((j for j in inside if ids[j] == turn_end or ids[j] in ends), default=None)
+        first_end = next((j for j in inside if ids[j] in ends), None)
         for j in inside:
-            if last is None or j <= last:
+            if first_end is None or j <= first_end:
                 mask[j] = 1
     return ids[:max_length], mask[:max_length]
+
+
+def _common_prefix_length(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
 
 
 def read_template(spec: str) -> str:

@@ -71,6 +71,35 @@ def test_sft_mask_covers_exactly_the_assistant_turns(tok):
     assert example.ids == ids and example.mask == mask
 
 
+def assistant_runs(ids: list[int], mask: list[int]) -> list[list[int]]:
+    runs, cur = [], []
+    for t, m in zip(ids, mask):
+        if m:
+            cur.append(t)
+        elif cur:
+            runs.append(cur)
+            cur = []
+    return runs + ([cur] if cur else [])
+
+
+def test_sft_mask_with_a_template_that_closes_the_last_turn_differently(tok):
+    """Phi-3's template writes EOS after the last message only (not with the generation prompt), so a turn rendered
+    alone is not a prefix of the whole conversation; the mask still ends at each turn's end-of-turn id, not at the
+    EOS after it."""
+    from transformers import AutoTokenizer
+    phi = AutoTokenizer.from_pretrained(tok.name_or_path)
+    phi.chat_template = tok.chat_template + "{% if not add_generation_prompt %}{{ eos_token }}{% endif %}"
+    phi.rlhf_end_ids = end_ids(tok)
+    conv = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "the acting was superb."},
+            {"role": "user", "content": "and?"}, {"role": "assistant", "content": "a dull story."}]
+    ids, mask = assistant_mask(phi, conv, 512)
+    assert phi.decode(ids).endswith("<|im_end|>\n<|endoftext|>")
+    assert [phi.decode(r) for r in assistant_runs(ids, mask)] == ["the acting was superb.<|im_end|>",
+                                                                  "a dull story.<|im_end|>"]
+    ids, mask = assistant_mask(phi, conv[:2], 512)
+    assert [phi.decode(r) for r in assistant_runs(ids, mask)] == ["the acting was superb.<|im_end|>"]
+
+
 def test_prompt_completion_rows_end_with_the_turn_end(tok):
     ex = sft_examples(tok, [{"prompt": [{"role": "user", "content": "hello"}], "completion": "fine."}], 512)[0]
     target = [t for t, m in zip(ex.ids, ex.mask) if m]
