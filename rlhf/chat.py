@@ -71,11 +71,31 @@ def _flatten(messages: list[Message]) -> str:
     return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages) + "\nAssistant:"
 
 
+def apply_template(tok, messages: list[Message], add_generation_prompt: bool = False) -> str:
+    """The tokenizer's chat template on ``messages`` as text; a template's refusal (its ``raise_exception``, e.g.
+    Gemma's "System role not supported", Mistral's alternating roles) or a template error becomes a ChatError."""
+    from jinja2 import TemplateError
+    try:
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except TemplateError as e:
+        raise ChatError(f"the model's chat template refused the conversation: {e}") from None
+
+
 def render_prompt(tok, prompt: Prompt) -> str:
     """The text the model continues: the chat template with the generation prompt, or the plain text."""
     if has_template(tok):
-        return tok.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
+        return apply_template(tok, as_messages(prompt), add_generation_prompt=True)
     return prompt if isinstance(prompt, str) else _flatten(as_messages(prompt))
+
+
+def check_prompts(tok, prompts: Sequence[Prompt], where: str) -> None:
+    """Render every prompt of a file before any weights load: the first one the renderer cannot use fails with one
+    line naming the file and line (e.g. a system message for a template without a system role)."""
+    for line, prompt in enumerate(prompts, 1):
+        try:
+            render_prompt(tok, prompt)
+        except ChatError as e:
+            raise ChatError(f"{where} line {line}: {e}") from None
 
 
 def end_ids(tok) -> list[int]:
@@ -95,8 +115,7 @@ def turn_end_id(tok) -> int:
     found = tok.eos_token_id
     if has_template(tok):
         marker = "\u2063rlhf\u2063"
-        text = tok.apply_chat_template([{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}],
-                                       tokenize=False)
+        text = apply_template(tok, [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}])
         after = tok(text[text.index(marker) + len(marker):], add_special_tokens=False)["input_ids"]
         ends = set(end_ids(tok))
         found = next((t for t in after if t in ends), after[0] if after else tok.eos_token_id)
@@ -134,13 +153,13 @@ def assistant_mask(tok, messages: Sequence[Message], max_length: int) -> tuple[l
     msgs = as_messages(messages)
     if not has_template(tok):
         raise ChatError("SFT on `messages` needs a chat template (the tokenizer has none; set sft.chat_template)")
-    full = tok.apply_chat_template(msgs, tokenize=False)
+    full = apply_template(tok, msgs)
     spans = []
     for i, m in enumerate(msgs):
         if m["role"] != "assistant":
             continue
-        before = tok.apply_chat_template(msgs[:i], tokenize=False, add_generation_prompt=True) if i else ""
-        upto = tok.apply_chat_template(msgs[:i + 1], tokenize=False)
+        before = apply_template(tok, msgs[:i], add_generation_prompt=True) if i else ""
+        upto = apply_template(tok, msgs[:i + 1])
         stop = _common_prefix_length(full, upto)
         if not (full.startswith(before) and upto.startswith(before)) or stop <= len(before):
             raise ChatError("the chat template does not render conversations prefix by prefix; cannot find the "

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf.accel import model_device, to_device
-from rlhf.chat import as_messages, assistant_mask
+from rlhf.chat import ChatError, as_messages, assistant_mask
 from rlhf.config import TrainConfig
 from rlhf.data import batches, encode_prompt, encode_response, pad_left
 from rlhf.distributed import (SINGLE, DistContext, all_reduce_sum, backward_sum, check_batch, micro_batches,
@@ -45,26 +45,33 @@ def pack_corpus(tokenizer, texts: list[str], block: int) -> list[Example]:
             for i in range(0, len(stream) - 1, block) if len(stream[i:i + block]) > 1]
 
 
-def sft_examples(tokenizer, rows: list[dict], max_length: int) -> list[Example]:
+def sft_examples(tokenizer, rows: list[dict], max_length: int, where: str = "sft data") -> list[Example]:
     """One example per demonstration, the loss on the response only (TRL's completion-only loss):
 
     * ``{"messages": [...]}``: the whole conversation through the chat template, mask 1 on every assistant turn up
       to and including its end-of-turn id (rlhf/chat.py ``assistant_mask``); the rest is cut past ``max_length``;
     * ``{"prompt": text or messages, "completion": text or [one assistant message]}``: the rendered prompt (mask 0,
-      cut on the left to fit) + the response and its end id (mask 1)."""
+      cut on the left to fit) + the response and its end id (mask 1).
+
+    A row the chat template refuses fails with one line naming ``where`` and the row's line."""
     out = []
-    for r in rows:
-        if "messages" in r:
-            ids, mask = assistant_mask(tokenizer, r["messages"], max_length)
-            out.append(Example(ids, mask))
-            continue
-        completion = r["completion"]
-        if not isinstance(completion, str):                 # TRL conversational prompt-completion
-            completion = "".join(m["content"] for m in as_messages(completion) if m["role"] == "assistant")
-        resp = encode_response(tokenizer, completion)[: max_length - 1]
-        prompt = encode_prompt(tokenizer, r["prompt"], max_length - len(resp))
-        out.append(Example(prompt + resp, [0] * len(prompt) + [1] * len(resp)))
+    for line, r in enumerate(rows, 1):
+        try:
+            out.append(_sft_example(tokenizer, r, max_length))
+        except ChatError as e:
+            raise ChatError(f"{where} line {line}: {e}") from None
     return out
+
+
+def _sft_example(tokenizer, r: dict, max_length: int) -> Example:
+    if "messages" in r:
+        return Example(*assistant_mask(tokenizer, r["messages"], max_length))
+    completion = r["completion"]
+    if not isinstance(completion, str):                 # TRL conversational prompt-completion
+        completion = "".join(m["content"] for m in as_messages(completion) if m["role"] == "assistant")
+    resp = encode_response(tokenizer, completion)[: max_length - 1]
+    prompt = encode_prompt(tokenizer, r["prompt"], max_length - len(resp))
+    return Example(prompt + resp, [0] * len(prompt) + [1] * len(resp))
 
 
 def pack_sft(examples: list[Example], block: int) -> list[Example]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from rlhf import accel
 from rlhf.chat import prompt_text
 from rlhf.config import CollectConfig
+from rlhf.chat import check_prompts
 from rlhf.data import load_jsonl, write_json
 from rlhf.generation import sample_responses
 from rlhf.limits import check_sampling
@@ -38,6 +39,7 @@ def run(cfg: CollectConfig, on_log=None) -> StageResult:
     if cfg.max_prompts:
         prompts = prompts[:cfg.max_prompts]
     tok = load_tokenizer(cfg.model_path)
+    check_prompts(tok, prompts, cfg.prompts)
     device = accel.resolve_device(cfg.compute.device, key="collect.compute.device")
     model = accel.prepare(load_causal_lm(cfg.model_path, tok, dtype=cfg.compute.dtype), device, cfg.compute, trainable=False)
     repeated = [p for p in prompts for _ in range(cfg.k)]                       # K consecutive copies per prompt

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhf import accel
-from rlhf.chat import render_prompt
+from rlhf.chat import check_prompts, render_prompt
 from rlhf.config import EvaluateConfig
 from rlhf.data import load_jsonl, write_jsonl
 from rlhf.evaluation import (Loaded, PolicyComparison, compare_policies, distinct_n, preference_accuracy,
@@ -62,6 +62,7 @@ def run(cfg: EvaluateConfig, on_log=None) -> StageResult:
     check(cfg)
     prompts = [r["prompt"] for r in load_jsonl(cfg.prompts)][: cfg.max_prompts]
     tok = load_tokenizer(cfg.sft_path)
+    check_prompts(tok, prompts, cfg.prompts)
     device = accel.resolve_device(cfg.compute.device, key="evaluate.compute.device")
     sft, policy = (Loaded(accel.prepare(load_causal_lm(p, tok, dtype=cfg.compute.dtype).eval(), device, cfg.compute, trainable=False), tok)
                    for p in (cfg.sft_path, cfg.policy_path))

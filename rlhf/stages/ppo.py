@@ -17,6 +17,7 @@ from pathlib import Path
 from rlhf import accel, distributed
 from rlhf.checkpoint import CheckpointManager, inputs_signature, resume, stage_fingerprint
 from rlhf.config import PPOConfig
+from rlhf.chat import check_prompts
 from rlhf.data import load_jsonl
 from rlhf.judges import JudgeError, check_spec, load_judge
 from rlhf.modeling import CriticModel, PolicyWithValueHead, load_causal_lm, load_tokenizer
@@ -144,6 +145,7 @@ def run(cfg: PPOConfig, on_log=None) -> StageResult:
     device = accel.resolve_device(cfg.compute.device, dist.local_rank, "ppo.compute.device")
     tok = load_tokenizer(cfg.policy_path)
     prompts = [r["prompt"] for r in load_jsonl(cfg.prompts)]
+    check_prompts(tok, prompts, cfg.prompts)
     rec = Recorder(on_log if dist.is_main else None)
     models = build_models(cfg, tok, device)
     trainer = PPOTrainer(cfg, models, tok, prompts, on_log=rec, dist=dist)

@@ -31,13 +31,13 @@ def run(cfg: SFTConfig, on_log=None) -> StageResult:
         tok.chat_template = read_template(cfg.chat_template)
     if cfg.lora.r:
         distributed.refuse_sharded(dist, "sft.lora (LoRA)")
+    data = Path(cfg.data_dir)                  # every row through the template before any weights load
+    train, val = (sft_examples(tok, load_jsonl(data / name), cfg.train.max_length, str(data / name))
+                  for name in ("sft_train.jsonl", "sft_val.jsonl"))
     model = load_causal_lm(model_path, tok, dtype=cfg.compute.dtype)
     if cfg.lora.r:
         model = accel.apply_lora(model, cfg.lora, causal_lm=True)
     accel.prepare(model, device, cfg.compute)
-    data = Path(cfg.data_dir)
-    train = sft_examples(tok, load_jsonl(data / "sft_train.jsonl"), cfg.train.max_length)
-    val = sft_examples(tok, load_jsonl(data / "sft_val.jsonl"), cfg.train.max_length)
     if cfg.packing:
         train = pack_sft(train, cfg.train.max_length)
     rec = Recorder(on_log if dist.is_main else None)

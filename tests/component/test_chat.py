@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf.chat import (ChatError, as_messages, assistant_mask, encode_prompt, encode_response, end_ids, render_prompt,
-                       turn_end_id)
+from rlhf.chat import (ChatError, as_messages, assistant_mask, check_prompts, encode_prompt, encode_response, end_ids,
+                       render_prompt, turn_end_id)
 from rlhf.demo.chat_example import build_model, build_tokenizer
 from rlhf.generation import decode_responses, encode_prompts, sample
 from rlhf.modeling import load_tokenizer
@@ -98,6 +98,24 @@ def test_sft_mask_with_a_template_that_closes_the_last_turn_differently(tok):
                                                                   "a dull story.<|im_end|>"]
     ids, mask = assistant_mask(phi, conv[:2], 512)
     assert [phi.decode(r) for r in assistant_runs(ids, mask)] == ["the acting was superb.<|im_end|>"]
+
+
+def test_a_conversation_the_template_refuses_fails_naming_its_file_and_line(tok):
+    """Gemma's template raises on a system message, Mistral's on roles that do not alternate: the first such record
+    fails with one line naming the file and line (checked before any weights load), not a Jinja traceback."""
+    from transformers import AutoTokenizer
+    strict = AutoTokenizer.from_pretrained(tok.name_or_path)
+    strict.chat_template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+                            "{% endif %}" + tok.chat_template)
+    ok = [{"role": "user", "content": "hi"}]
+    bad = [{"role": "system", "content": "be kind"}, *ok]
+    check_prompts(strict, [ok, ok], "prompts.jsonl")
+    with pytest.raises(ChatError, match=r"^prompts.jsonl line 2: the model's chat template refused the conversation: "
+                                        r"System role not supported$"):
+        check_prompts(strict, [ok, bad, ok], "prompts.jsonl")
+    answer = [{"role": "assistant", "content": "yes"}]
+    with pytest.raises(ChatError, match=r"^sft_train.jsonl line 3: .*System role not supported$"):
+        sft_examples(strict, [{"messages": ok + answer}] * 2 + [{"messages": bad + answer}], 64, "sft_train.jsonl")
 
 
 def test_prompt_completion_rows_end_with_the_turn_end(tok):
