@@ -1,0 +1,141 @@
+"""Chat models of other families than the example's Qwen2/ChatML, as a user brings them: Gemma (BOS written by the
+template, a `model` role, content trimmed, no system role), a Llama-3-style template on Llama (no pad token), Mistral
+(`[INST]`, EOS closes a turn, no pad token) and Phi-3 (pad = EOS, EOS after the last turn only). Each is a tiny model
+of that architecture with a byte-level BPE tokenizer trained here, the family's special tokens and template, and a
+generation config listing its end ids. What must hold for every one: the prompt renders with the generation prompt
+and encodes back to the same text (BOS once), SFT learns exactly each assistant turn and its end-of-turn id, the
+sampler runs on the family's cache, and the reward model saved by the reward stage loads with transformers and scores
+the same."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf.chat import assistant_mask, encode_prompt, encode_response, end_ids, render_prompt, turn_end_id
+from rlhf.generation import encode_prompts, sample
+from rlhf.modeling import RewardModel, load_causal_lm, load_tokenizer, position_ids_from_mask
+from rlhf.data import pad_left
+from rlhf.stages.common import save_tokenizer_and_model
+
+GEMMA = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+         "{% endif %}{% for message in messages %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}"
+         "{% else %}{% set role = message['role'] %}{% endif %}"
+         "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+         "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}")
+LLAMA3 = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+          "{{ m['content'] | trim }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+          "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+MISTRAL = ("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+           "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+           "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+           "{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}")
+PHI3 = ("{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}")
+
+# family: (architecture, template, special tokens, tokenizer roles, BOS the template writes, generation end tokens,
+#          the turn end, the generation prompt's end)
+FAMILIES = {
+    "gemma": ("gemma", GEMMA, ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
+              {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"}, "<bos>", ["<eos>", "<end_of_turn>"],
+              "<end_of_turn>", "<start_of_turn>model\n"),
+    "llama3": ("llama", LLAMA3, ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                                 "<|eot_id|>"],
+               {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, "<|begin_of_text|>",
+               ["<|end_of_text|>", "<|eot_id|>"], "<|eot_id|>", "<|end_header_id|>\n\n"),
+    "mistral": ("mistral", MISTRAL, ["<unk>", "<s>", "</s>"],
+                {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, "<s>", ["</s>"], "</s>", " [/INST]"),
+    "phi3": ("phi3", PHI3, ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>", "<|system|>"],
+             {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}, None, ["<|endoftext|>", "<|end|>"], "<|end|>",
+             "<|assistant|>\n"),
+}
+TEXTS = [f"the {a} was {b} and the {c} felt {d}." for a in ("film", "plot", "cast") for b in ("great", "dull", "superb")
+         for c in ("ending", "music") for d in ("long", "short")] * 3
+
+
+def build_family(name: str, out):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import GenerationConfig, PreTrainedTokenizerFast
+
+    arch, template, specials, roles, bos, gen_end, _, _ = FAMILIES[name]
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if bos:             # the tokenizer adds BOS itself, as these families' tokenizers do: the template's must win
+        raw.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, raw.token_to_id(bos))])
+    extra = [t for t in specials if t not in roles.values()]
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, additional_special_tokens=extra, **roles)
+    tok.chat_template = template
+    common = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+                  bos_token_id=tok.bos_token_id, eos_token_id=tok.convert_tokens_to_ids(gen_end[-1]))
+    import transformers
+    prefix = {"gemma": "Gemma", "llama": "Llama", "mistral": "Mistral", "phi3": "Phi3"}[arch]
+    if arch == "gemma":
+        common["head_dim"] = 16
+    torch.manual_seed(0)
+    model = getattr(transformers, prefix + "ForCausalLM")(getattr(transformers, prefix + "Config")(**common))
+    model.generation_config = GenerationConfig(eos_token_id=[tok.convert_tokens_to_ids(t) for t in gen_end],
+                                               bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request, tmp_path_factory):
+    return request.param, build_family(request.param, tmp_path_factory.mktemp(request.param))
+
+
+def test_prompts_render_with_the_generation_prompt_and_bos_once(family):
+    name, path = family
+    tok = load_tokenizer(path)
+    assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id        # added where missing or EOS
+    turn_end = FAMILIES[name][6]
+    assert tok.convert_ids_to_tokens(turn_end_id(tok)) == turn_end and turn_end_id(tok) in end_ids(tok)
+    text = render_prompt(tok, [{"role": "user", "content": "the film was"}])
+    assert text.endswith(FAMILIES[name][7])
+    ids = encode_prompt(tok, [{"role": "user", "content": "the film was"}], 512)
+    assert tok.decode(ids) == text
+    bos = FAMILIES[name][4]
+    if bos:
+        assert ids[0] == tok.convert_tokens_to_ids(bos) and ids.count(ids[0]) == 1
+    assert encode_response(tok, "superb.")[-1] == turn_end_id(tok)
+
+
+def test_sft_learns_each_assistant_turn_and_its_end(family):
+    name, path = family
+    tok = load_tokenizer(path)
+    conv = [{"role": "user", "content": "the film"}, {"role": "assistant", "content": "was great."},
+            {"role": "user", "content": "and the plot?"}, {"role": "assistant", "content": "felt long."}]
+    ids, mask = assistant_mask(tok, conv, 512)
+    runs, cur = [], []
+    for t, m in zip(ids + [None], mask + [0]):
+        if m:
+            cur.append(t)
+        elif cur:
+            runs, cur = runs + [cur], []
+    turn_end = FAMILIES[name][6]
+    assert [tok.decode(r) for r in runs] == ["was great." + turn_end, "felt long." + turn_end]
+
+
+def test_sampling_and_the_reward_model_run_on_the_family(family, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+    name, path = family
+    tok = load_tokenizer(path)
+    lm = load_causal_lm(path, tok).eval()
+    prompts = [[{"role": "user", "content": "the film"}], [{"role": "user", "content": "and the plot was dull?"}]]
+    q, qm = encode_prompts(tok, prompts, 64)
+    r = sample(lm, q, qm, 8, 1.0, end_ids(tok), tok.pad_token_id, torch.Generator().manual_seed(0), record=True)
+    assert r.response_ids.shape[0] == 2 and bool(torch.isfinite(r.logprobs).all())
+
+    rm = RewardModel.from_causal_lm_path(path, tok)
+    save_tokenizer_and_model(rm, tok, tmp_path / "rm")
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    seqs = [encode_prompt(tok, p, 64) + encode_response(tok, "was great.") for p in prompts]
+    ids, attn = pad_left(seqs, tok.pad_token_id)
+    with torch.no_grad():
+        ours = rm(ids, attn)
+        theirs = hf(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn)).logits[:, 0]
+    assert torch.allclose(theirs + hf.config.rlhf_reward["bias"], ours, atol=1e-5)
