@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -130,16 +130,43 @@ class PPOTrainer:
                                prompts=prompts)
 
     def _minibatch_loss(self, exp: Experience, idx: torch.Tensor, train_value: bool = True) -> tuple[torch.Tensor, dict]:
-        """Loss on rows ``idx`` of the experience: policy loss + vf_coef * value loss. ``train_value`` False: the
-        policy loss alone (the advantages were fixed when the rollout was scored), and a separate critic is not run."""
+        """Loss on rows ``idx`` of the experience: policy loss + vf_coef * value loss (``train_value`` False: the
+        policy loss alone), and its statistics. The training loop backpropagates the pieces one at a time instead
+        (``_minibatch_losses``)."""
+        stats: dict[str, float] = {}
+        return sum(self._minibatch_losses(exp, idx, stats, train_value)), stats
+
+    def _minibatch_losses(self, exp: Experience, idx: torch.Tensor, stats: dict,
+                          train_value: bool = True) -> Iterator[torch.Tensor]:
+        """The loss on rows ``idx`` in pieces that sum to policy loss + vf_coef * value loss, each to be
+        backpropagated before the next is computed; ``stats`` gets the statistics. The shared trunk is one piece
+        (one forward gives both). A separate critic is a second piece, run after the policy's backward, so only one
+        trunk's activations are alive at a time: the same gradients as one backward of the sum (the two models share
+        no parameter), about half the activation memory of computing both first (TRL's PolicyAndValueWrapper does;
+        OpenRLHF updates actor and critic apart). ``train_value`` False: the policy loss alone (the advantages were
+        fixed when the rollout was scored), and a separate critic is not run."""
         c = self.cfg
         mb = micro_batch(exp, idx)                                           # (b, T'), its columns trimmed
         ids, attn, ctx = mb.ids, mb.attn, mb.context_length
-        if self.models.value_model is None:                                        # shared trunk: one forward, both
+        shared = self.models.value_model is None
+        if shared:                                                           # shared trunk: one forward, both
             logits, values = policy_forward(self.trained["policy"], ids, attn, ctx, c.sampling.temperature)
-        else:                                 # separate critic: the policy's language model alone; the critic if trained
+        else:                                                                # separate critic: the language model alone
             logits = lm_response_logits(self.trained["lm"], ids, attn, ctx, c.sampling.temperature)
-            values = self.trained["value"](ids, attn)[:, ctx - 1:-1] if train_value else None
+        pg_loss = self._policy_loss(logits, mb, stats)
+        if not train_value:
+            yield pg_loss
+            return
+        if shared:
+            yield pg_loss + c.vf_coef * self._value_loss(values, mb, stats)
+            return
+        yield pg_loss
+        del logits, pg_loss
+        values = self.trained["value"](ids, attn)[:, ctx - 1:-1]
+        yield c.vf_coef * self._value_loss(values, mb, stats)
+
+    def _policy_loss(self, logits: torch.Tensor, mb, stats: dict) -> torch.Tensor:
+        c = self.cfg
         mask = mb.mask
         logprobs = gather_logprobs(logits, mb.response_ids)                  # (b, R')
         pg_loss, clipfrac, approxkl = ppo_policy_loss(logprobs, mb.old_logprobs, mb.advantages, mask, c.cliprange)
@@ -150,13 +177,14 @@ class PPOTrainer:
         entropy = entropy.detach()
         with torch.no_grad():
             ratio = masked_mean(torch.exp(logprobs - mb.old_logprobs), mask)
-        stats = {"loss/policy": pg_loss.item(), "policy/clipfrac": clipfrac.item(), "policy/approxkl": approxkl.item(),
-                 "policy/entropy": entropy.item(), "val/ratio": ratio.item()}
-        if not train_value:
-            return pg_loss, stats
-        vf_loss, vf_clipfrac = ppo_value_loss(values, mb.old_values, mb.returns, mask, c.cliprange_value)
+        stats.update({"loss/policy": pg_loss.item(), "policy/clipfrac": clipfrac.item(),
+                      "policy/approxkl": approxkl.item(), "policy/entropy": entropy.item(), "val/ratio": ratio.item()})
+        return pg_loss
+
+    def _value_loss(self, values: torch.Tensor, mb, stats: dict) -> torch.Tensor:
+        vf_loss, vf_clipfrac = ppo_value_loss(values, mb.old_values, mb.returns, mb.mask, self.cfg.cliprange_value)
         stats.update({"loss/value": vf_loss.item(), "val/clipfrac": vf_clipfrac.item()})
-        return pg_loss + c.vf_coef * vf_loss, stats
+        return vf_loss
 
     def optimize(self, exp: Experience, iteration: int) -> dict[str, float]:
         """ppo_epochs passes of shuffled mini-batches (gradient accumulation within a mini-batch)."""
@@ -179,8 +207,10 @@ class PPOTrainer:
                     with contextlib.ExitStack() as stack:        # DDP reduces (averages) once per mini-batch
                         for module in self.trained.values():
                             stack.enter_context(micro_step(module, last=m0 + micro >= start + mb))
-                        loss, stats = self._minibatch_loss(exp, perm[m0:m0 + micro], train_value=epoch < value_epochs)
-                        backward(loss / c.grad_accum, self.dist)
+                        stats: dict[str, float] = {}
+                        for loss in self._minibatch_losses(exp, perm[m0:m0 + micro], stats,
+                                                           train_value=epoch < value_epochs):
+                            backward(loss / c.grad_accum, self.dist)
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0.0) + v
                         counts[k] = counts.get(k, 0) + 1

@@ -188,3 +188,39 @@ def test_a_micro_batch_without_unused_columns_gives_the_same_loss_and_gradients(
     assert all(abs(trimmed[1][k] - whole[1][k]) < 1e-5 for k in whole[1])
     assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(trimmed[2], whole[2]))
     assert any(g.abs().sum() > 0 for g in whole[2])
+
+
+def test_a_separate_critic_is_run_after_the_policys_backward_with_the_same_gradients(tok, tiny_lm):
+    """With a separate critic the mini-batch loss comes in two pieces: the policy's backward runs before the critic's
+    forward (one trunk's activations alive at a time), and the gradients equal one backward of the summed loss."""
+    from rlhf.modeling import CriticModel
+    cfg = PPOConfig(total_episodes=16, rollout_batch_size=8, num_mini_batches=2, ppo_epochs=2, lr=1e-3,
+                    sampling=SamplingConfig(max_new_tokens=6, batch_size=8), value_model="separate")
+    ref = build_gpt2(ModelConfig(n_layer=1, n_head=2, n_embd=32, n_positions=64), tok, seed=0).eval()
+    critic = CriticModel(build_gpt2(ModelConfig(n_layer=1, n_head=2, n_embd=32, n_positions=64), tok, seed=2).transformer,
+                         torch.nn.Linear(32, 1))
+    rm = RewardModel(build_gpt2(ModelConfig(n_layer=1, n_head=2, n_embd=32, n_positions=64), tok, seed=1).transformer)
+    trainer = PPOTrainer(cfg, PPOModels(PolicyWithValueHead(tiny_lm), ref, rm.eval(), critic), tok, PROMPTS)
+    exp = trainer.experience(trainer.rollout(0))
+    idx = torch.arange(exp.mask.size(0))
+    params = [p for p in trainer.models.policy.lm.parameters()] + list(critic.parameters())
+
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss, stats = trainer._minibatch_loss(exp, idx)
+    loss.backward()
+    summed = [p.grad.clone() for p in params]
+
+    trainer.optimizer.zero_grad(set_to_none=True)
+    seen = []
+    hook = critic.register_forward_pre_hook(
+        lambda *_: seen.append(all(p.grad is not None for p in trainer.models.policy.lm.parameters())))
+    pieces_stats: dict = {}
+    pieces = 0
+    for piece in trainer._minibatch_losses(exp, idx, pieces_stats):
+        piece.backward()
+        pieces += 1
+    hook.remove()
+    assert pieces == 2 and seen == [True]              # the critic ran once, after the policy's gradients existed
+    assert pieces_stats == stats
+    assert all(torch.equal(a, p.grad) for a, p in zip(summed, params))
+    assert any(g.abs().sum() > 0 for g in summed[-2:])
