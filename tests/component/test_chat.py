@@ -12,6 +12,7 @@ from rlhf.generation import decode_responses, encode_prompts, sample
 from rlhf.modeling import load_tokenizer
 from rlhf.train_lm import sft_examples
 from rlhf.train_reward import encode_groups
+from tests.component.chat_helpers import assistant_runs
 
 TEXTS = ["the acting in this film was superb and the plot held up well.", "a dull story with flat characters.",
          "i watched this thriller and found it gripping from start to end."] * 20
@@ -55,31 +56,12 @@ def test_sft_mask_covers_exactly_the_assistant_turns(tok):
     assert len(ids) == len(mask)
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     # hand check: the masked tokens decode to each assistant content followed by its <|im_end|>, nothing else
-    runs, cur = [], []
-    for t, m in zip(ids, mask):
-        if m:
-            cur.append(t)
-        elif cur:
-            runs.append(cur)
-            cur = []
-    if cur:
-        runs.append(cur)
+    runs = assistant_runs(ids, mask)
     assert [tok.decode(r) for r in runs] == ["the acting was superb.<|im_end|>", "a dull story.<|im_end|>"]
     assert all(r[-1] == im_end for r in runs)
     assert sum(mask) == sum(len(r) for r in runs)
     example = sft_examples(tok, [{"messages": conv}], 512)[0]
     assert example.ids == ids and example.mask == mask
-
-
-def assistant_runs(ids: list[int], mask: list[int]) -> list[list[int]]:
-    runs, cur = [], []
-    for t, m in zip(ids, mask):
-        if m:
-            cur.append(t)
-        elif cur:
-            runs.append(cur)
-            cur = []
-    return runs + ([cur] if cur else [])
 
 
 def test_sft_mask_with_a_template_that_closes_the_last_turn_differently(tok):

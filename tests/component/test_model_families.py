@@ -16,6 +16,7 @@ from rlhf.generation import encode_prompts, sample
 from rlhf.modeling import RewardModel, load_causal_lm, load_tokenizer, position_ids_from_mask
 from rlhf.data import pad_left
 from rlhf.stages.common import save_tokenizer_and_model
+from tests.component.chat_helpers import assistant_runs
 
 GEMMA = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
          "{% endif %}{% for message in messages %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}"
@@ -110,14 +111,8 @@ def test_sft_learns_each_assistant_turn_and_its_end(family):
     conv = [{"role": "user", "content": "the film"}, {"role": "assistant", "content": "was great."},
             {"role": "user", "content": "and the plot?"}, {"role": "assistant", "content": "felt long."}]
     ids, mask = assistant_mask(tok, conv, 512)
-    runs, cur = [], []
-    for t, m in zip(ids + [None], mask + [0]):
-        if m:
-            cur.append(t)
-        elif cur:
-            runs, cur = runs + [cur], []
     turn_end = FAMILIES[name][6]
-    assert [tok.decode(r) for r in runs] == ["was great." + turn_end, "felt long." + turn_end]
+    assert [tok.decode(r) for r in assistant_runs(ids, mask)] == ["was great." + turn_end, "felt long." + turn_end]
 
 
 def test_sampling_and_the_reward_model_run_on_the_family(family, tmp_path):
