@@ -164,16 +164,19 @@ def assistant_mask(tok, messages: Sequence[Message], max_length: int) -> tuple[l
         if not (full.startswith(before) and upto.startswith(before)) or stop <= len(before):
             raise ChatError("the chat template does not render conversations prefix by prefix; cannot find the "
                             "assistant turns")
-        spans.append((len(before), stop))
+        spans.append((len(before), stop, stop == len(upto)))
     if not spans:
         raise ChatError("a conversation for SFT needs at least one assistant turn")
     enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     ends = {*end_ids(tok), turn_end_id(tok)}
     mask = [0] * len(ids)
-    for start, stop in spans:
+    for start, stop, whole in spans:
         inside = [j for j, (a, b) in enumerate(offsets) if a >= start and b <= stop and b > a]
         first_end = next((j for j in inside if ids[j] in ends), None)
+        if first_end is None and not whole:        # the renderings part inside the turn: no safe end for it
+            raise ChatError("the chat template renders an assistant turn differently inside the conversation than "
+                            "as its last message; cannot find where the turn ends")
         for j in inside:
             if first_end is None or j <= first_end:
                 mask[j] = 1

@@ -80,6 +80,15 @@ def test_sft_mask_with_a_template_that_closes_the_last_turn_differently(tok):
                                                                   "a dull story.<|im_end|>"]
     ids, mask = assistant_mask(phi, conv[:2], 512)
     assert [phi.decode(r) for r in assistant_runs(ids, mask)] == ["the acting was superb.<|im_end|>"]
+    # A template that shortens earlier assistant turns (as reasoning templates drop their thinking) parts from the
+    # turn rendered alone inside its content: refused, not a mask over half a turn.
+    short = AutoTokenizer.from_pretrained(tok.name_or_path)
+    short.chat_template = tok.chat_template.replace(
+        "{{ m['content'] }}", "{{ m['content'] if loop.last or m['role'] != 'assistant' else m['content'][:5] }}")
+    short.rlhf_end_ids = end_ids(tok)
+    assert "the a<|im_end|>" in short.apply_chat_template(conv, tokenize=False)
+    with pytest.raises(ChatError, match="differently inside the conversation"):
+        assistant_mask(short, conv, 512)
 
 
 def test_a_conversation_the_template_refuses_fails_naming_its_file_and_line(tok):
