@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhf import accel
-from rlhf.chat import prompt_text
+from rlhf.chat import check_prompts, prompt_text
 from rlhf.config import CollectConfig
-from rlhf.chat import check_prompts
 from rlhf.data import load_jsonl, write_json
 from rlhf.generation import sample_responses
 from rlhf.limits import check_sampling
