@@ -134,3 +134,34 @@ def test_sampling_and_the_reward_model_run_on_the_family(family, tmp_path):
         ours = rm(ids, attn)
         theirs = hf(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn)).logits[:, 0]
     assert torch.allclose(theirs + hf.config.rlhf_reward["bias"], ours, atol=1e-5)
+
+
+def test_the_sft_and_ppo_stages_name_the_record_a_template_refuses_before_loading_weights(tmp_path, monkeypatch):
+    """Gemma's template raises on a system message: the stage fails with one line naming the prepared file and line,
+    and no model weights are loaded first."""
+    import json
+
+    from rlhf.chat import ChatError
+    from rlhf.config import PPOConfig, ProbeConfig, SFTConfig
+    from rlhf.stages import ppo as ppo_stage
+    from rlhf.stages import sft as sft_stage
+    path = build_family("gemma", tmp_path / "gemma")
+
+    def no_weights(*a, **k):
+        raise AssertionError("weights loaded before the data was checked")
+    monkeypatch.setattr(sft_stage, "load_causal_lm", no_weights)
+    monkeypatch.setattr(ppo_stage, "build_models", no_weights)
+    ok = [{"role": "user", "content": "the film"}, {"role": "assistant", "content": "was great."}]
+    system = [{"role": "system", "content": "be brief"}] + ok
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, rows in (("sft_train.jsonl", [ok, ok, system]), ("sft_val.jsonl", [ok])):
+        (data / name).write_text("".join(json.dumps({"messages": m}) + "\n" for m in rows))
+    with pytest.raises(ChatError, match=r"sft_train.jsonl line 3: the model's chat template refused the "
+                                        r"conversation: System role not supported"):
+        sft_stage.run(SFTConfig(model_path=str(path), data_dir=str(data), out_dir=str(tmp_path / "sft")))
+    prompts = data / "prompts_ppo.jsonl"
+    prompts.write_text(json.dumps({"prompt": ok[:1]}) + "\n" + json.dumps({"prompt": system[:2]}) + "\n")
+    with pytest.raises(ChatError, match=r"prompts_ppo.jsonl line 2: .*System role not supported"):
+        ppo_stage.run(PPOConfig(policy_path=str(path), reward_path=str(path), prompts=str(prompts),
+                                out_dir=str(tmp_path / "policy"), probe=ProbeConfig(every=0)))
