@@ -140,7 +140,7 @@ def apply_lora(model: nn.Module, cfg, causal_lm: bool) -> nn.Module:
 
     # GPT-2's projections are Conv1D (weights stored transposed): peft needs fan_in_fan_out for them.
     kwargs = dict(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, bias="none",
-                  target_modules=list(cfg.target_modules) or None,
+                  target_modules=list(cfg.target_modules) or default_lora_targets(model),
                   fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()))
     if causal_lm:
         kwargs["task_type"] = peft.TaskType.CAUSAL_LM
@@ -148,6 +148,15 @@ def apply_lora(model: nn.Module, cfg, causal_lm: bool) -> nn.Module:
         return peft.get_peft_model(model, peft.LoraConfig(**kwargs))
     except ValueError as e:
         raise HardwareError(f"lora.target_modules: {e}") from None
+
+
+def default_lora_targets(model: nn.Module):
+    """No target_modules given: peft's default for the architecture where peft has one (GPT-2 ``c_attn``, Llama's
+    q/v projections, ...), else every linear layer but the output head (peft's "all-linear", the QLoRA recipe TRL's
+    docs use), so architectures peft has no entry for (Phi-3's fused ``qkv_proj``, ...) still get adapters."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return None if model_type in defaults else "all-linear"
 
 
 def is_lora(module: nn.Module) -> bool:

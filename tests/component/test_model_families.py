@@ -165,3 +165,21 @@ def test_the_sft_and_ppo_stages_name_the_record_a_template_refuses_before_loadin
     with pytest.raises(ChatError, match=r"prompts_ppo.jsonl line 2: .*System role not supported"):
         ppo_stage.run(PPOConfig(policy_path=str(path), reward_path=str(path), prompts=str(prompts),
                                 out_dir=str(tmp_path / "policy"), probe=ProbeConfig(every=0)))
+
+
+def test_lora_adapters_on_every_family(family):
+    """lora.r > 0 with no target_modules: peft's default where it has one, else every linear layer but the output
+    head (Phi-3 has no peft default); only the adapters train, and merging gives the plain architecture back."""
+    from rlhf.accel import apply_lora, is_lora, merge_lora
+    from rlhf.config_base import LoRAConfig
+    name, path = family
+    tok = load_tokenizer(path)
+    lm = apply_lora(load_causal_lm(path, tok), LoRAConfig(r=4), causal_lm=True)
+    ids = torch.tensor([encode_prompt(tok, "the film was", 32)])
+    lm(input_ids=ids).logits.sum().backward()
+    trained = {n for n, p in lm.named_parameters() if p.grad is not None}
+    assert trained and all("lora_" in n for n in trained)
+    merged = merge_lora(lm)
+    assert type(merged).__name__.endswith("ForCausalLM") and not is_lora(merged)
+    trunk = apply_lora(RewardModel.from_causal_lm_path(path, tok).trunk, LoRAConfig(r=4), causal_lm=False)
+    assert any("lora_" in n for n, _ in trunk.named_parameters())
