@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -16,6 +17,11 @@ class StageResult:
     metrics: dict[str, float]                                      # final metrics (metrics/<stage>.json)
     plots: dict[str, list[dict]] = field(default_factory=dict)     # plot name -> rows (plots/<stage>/<name>.json)
     outputs: dict[str, str] = field(default_factory=dict)          # role -> path (models, datasets, rejects)
+
+
+def note(line: str) -> None:
+    """One line for the user on stderr (what a stage decided for them), outside the metric log."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def seed_everything(seed: int) -> None:

@@ -11,7 +11,6 @@ travel in the checkpoints, and the probe leaves training exactly as it would be 
 the policy itself with its adapter disabled, and the adapter is merged into the saved model."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from rlhf import accel, distributed
@@ -25,7 +24,7 @@ from rlhf.ppo import PPOModels, PPOTrainer
 from rlhf.reward_scoring import load_scorer
 from rlhf.limits import check_fits, check_sampling
 from rlhf.probe import due as probe_due, probe
-from rlhf.stages.common import Recorder, StageResult, save_tokenizer_and_model, seed_everything
+from rlhf.stages.common import Recorder, StageResult, note, save_tokenizer_and_model, seed_everything
 from rlhf.tempdirs import atomic_output_dir
 
 
@@ -66,10 +65,6 @@ def build_critic(cfg: PPOConfig, tok, shares_tokenizer: bool) -> CriticModel:
     note(f"ppo: the critic starts from the policy's trunk ({cfg.policy_path}) with a fresh value head, not from the "
          f"reward model (its tokenizer differs from the policy's)")
     return CriticModel.from_causal_lm_path(cfg.policy_path, tok)
-
-
-def note(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def check_probe(cfg: PPOConfig) -> None:

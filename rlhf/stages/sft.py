@@ -15,9 +15,24 @@ from rlhf.hub import resolve_model_path
 from rlhf.limits import check_fits
 from rlhf.data import load_jsonl
 from rlhf.modeling import load_causal_lm, load_tokenizer
-from rlhf.stages.common import Recorder, StageResult, save_tokenizer_and_model, seed_everything
+from rlhf.stages.common import Recorder, StageResult, note, save_tokenizer_and_model, seed_everything
 from rlhf.tempdirs import atomic_output_dir
-from rlhf.train_lm import pack_sft, sft_examples, train_causal_lm
+from rlhf.train_lm import Example, pack_sft, sft_examples, train_causal_lm
+
+
+def with_targets(examples: list[Example], where: str, max_length: int, required: bool) -> list[Example]:
+    """The demonstrations that keep at least one assistant token within ``sft.train.max_length`` (a conversation is
+    cut at its end, so a long one can lose every assistant turn). The others are left out with one line saying how
+    many and the first one's line; none left in the training file is an error naming the key."""
+    kept = [e for e in examples if any(e.mask)]
+    lost = [line for line, e in enumerate(examples, 1) if not any(e.mask)]
+    if lost and required and not kept:
+        raise ValueError(f"{where}: no demonstration has an assistant token within sft.train.max_length "
+                         f"({max_length}); raise it")
+    if lost:
+        note(f"sft: {len(lost)} of {len(examples)} demonstrations in {where} have no assistant token within "
+             f"sft.train.max_length ({max_length}) and are left out (the first: line {lost[0]}); raise it to keep them")
+    return kept
 
 
 def run(cfg: SFTConfig, on_log=None) -> StageResult:
@@ -32,7 +47,8 @@ def run(cfg: SFTConfig, on_log=None) -> StageResult:
     if cfg.lora.r:
         distributed.refuse_sharded(dist, "sft.lora (LoRA)")
     data = Path(cfg.data_dir)                  # every row through the template before any weights load
-    train, val = (sft_examples(tok, load_jsonl(data / name), cfg.train.max_length, str(data / name))
+    train, val = (with_targets(sft_examples(tok, load_jsonl(data / name), cfg.train.max_length, str(data / name)),
+                               str(data / name), cfg.train.max_length, required=name == "sft_train.jsonl")
                   for name in ("sft_train.jsonl", "sft_val.jsonl"))
     model = load_causal_lm(model_path, tok, dtype=cfg.compute.dtype)
     if cfg.lora.r:

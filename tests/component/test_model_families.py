@@ -113,6 +113,8 @@ def test_sft_learns_each_assistant_turn_and_its_end(family):
     ids, mask = assistant_mask(tok, conv, 512)
     turn_end = FAMILIES[name][6]
     assert [tok.decode(r) for r in assistant_runs(ids, mask)] == ["was great." + turn_end, "felt long." + turn_end]
+    ids, mask = assistant_mask(tok, [{"role": "user", "content": "the film " * 20}, conv[1]], 16)
+    assert len(ids) == 16 and not any(mask)      # cut at its end, the turn is gone: the sft stage leaves it out
 
 
 def test_sampling_and_the_reward_model_run_on_the_family(family, tmp_path):
@@ -183,3 +185,20 @@ def test_lora_adapters_on_every_family(family):
     assert type(merged).__name__.endswith("ForCausalLM") and not is_lora(merged)
     trunk = apply_lora(RewardModel.from_causal_lm_path(path, tok).trunk, LoRAConfig(r=4), causal_lm=False)
     assert any("lora_" in n for n, _ in trunk.named_parameters())
+
+
+def test_sft_leaves_out_conversations_whose_assistant_turns_lie_beyond_max_length(capsys):
+    """A conversation is cut at its end, so a long user turn can push every assistant token past
+    sft.train.max_length: such a demonstration is left out with one line naming the file, the count and the first
+    line (not trained on as an all-zero mask); if none is left, the stage fails naming the key."""
+    from rlhf.stages.sft import with_targets
+    from rlhf.train_lm import Example
+    kept = with_targets([Example([1, 2, 3], [0, 1, 1]), Example([1, 2], [0, 0]), Example([4, 5], [1, 1])],
+                        "sft_train.jsonl", 64, required=True)
+    assert [e.ids for e in kept] == [[1, 2, 3], [4, 5]]
+    assert ("sft: 1 of 3 demonstrations in sft_train.jsonl have no assistant token within sft.train.max_length (64) "
+            "and are left out (the first: line 2)") in capsys.readouterr().err
+    assert with_targets([Example([1], [0])], "sft_val.jsonl", 64, required=False) == []
+    with pytest.raises(ValueError, match=r"sft_train.jsonl: no demonstration has an assistant token within "
+                                         r"sft.train.max_length \(64\)"):
+        with_targets([Example([1], [0])], "sft_train.jsonl", 64, required=True)
