@@ -124,8 +124,14 @@ def turn_end_id(tok) -> int:
 
 
 def encode_prompt(tok, prompt: Prompt, max_tokens: int) -> list[int]:
-    """Token ids of a rendered prompt, keeping its END (the part the response continues) when too long."""
+    """Token ids of a rendered prompt, keeping its END (the part the response continues) when too long, and its BOS
+    when the template wrote one (Llama-3, Gemma and Mistral models read a prompt without BOS badly)."""
     ids = tok(render_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return ids
+    bos = tok.bos_token_id
+    if bos is not None and ids[0] == bos and max_tokens > 1 and has_template(tok):
+        return [bos] + ids[len(ids) - max_tokens + 1:]
     return ids[-max_tokens:]
 
 

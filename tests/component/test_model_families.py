@@ -103,6 +103,10 @@ def test_prompts_render_with_the_generation_prompt_and_bos_once(family):
     if bos:
         assert ids[0] == tok.convert_tokens_to_ids(bos) and ids.count(ids[0]) == 1
     assert encode_response(tok, "superb.")[-1] == turn_end_id(tok)
+    long = encode_prompt(tok, [{"role": "user", "content": "the film was " * 30}], 12)    # cut from the left
+    assert len(long) == 12 and tok.decode(long).endswith(FAMILIES[name][7])
+    if bos:                                                                          # ... keeping the template's BOS
+        assert long[0] == tok.convert_tokens_to_ids(bos) and long.count(long[0]) == 1
 
 
 def test_sft_learns_each_assistant_turn_and_its_end(family):
