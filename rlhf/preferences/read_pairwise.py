@@ -12,9 +12,11 @@ Accepted schemas (one JSON object per line; optional ``id``, ``annotator``; othe
 A conversational record keeps its prompt as messages (normalised to ``{"role", "content"}``, roles system, user,
 assistant or tool; see ``conversation``) and each response is the content of its one final assistant turn (a
 response of several messages, or of another role, is rejected "response is not one assistant turn"); a
-conversational prompt may also take plain-text responses. A standard record is text throughout: a text prompt
-with message responses takes one message's content, several messages rendered as an HH-style transcript
-(``render_messages``), as before. The result is a Ranking of 2 (chosen rank 0).
+conversational prompt may also take plain-text responses. A text prompt beside two whole conversations that
+open with the same message (HuggingFaceH4/ultrafeedback_binarized) is read as the implicit-prompt schema, as TRL
+does. Otherwise a standard record is text throughout: a text prompt with message responses takes one message's
+content, several messages rendered as an HH-style transcript (``render_messages``). The result is a Ranking of 2
+(chosen rank 0).
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ def parse(obj: Any, ctx: RecordContext) -> Ranking:
     """One prompt/chosen/rejected record -> Ranking of 2 (raises RecordError)."""
     expect(obj, "object", "record")
     chosen, rejected = get_field(obj, "chosen"), get_field(obj, "rejected")
-    if "prompt" not in obj:
+    if "prompt" not in obj or _full_conversations(obj["prompt"], chosen, rejected):
         if not (isinstance(chosen, list) and isinstance(rejected, list)):
             raise RecordError("missing field 'prompt'")
         prompt, chosen, rejected = split_common_prefix(chosen, rejected, ctx)
@@ -58,6 +60,16 @@ def parse(obj: Any, ctx: RecordContext) -> Ranking:
         annotator=annotator_of(obj.get("annotator"), "annotator"), item_id=item_id_of(obj, ctx),
         meta=extra_fields(obj, _USED),
     )
+
+
+def _full_conversations(prompt: Any, chosen: Any, rejected: Any) -> bool:
+    """A text prompt beside two whole conversations that open with the same message (HuggingFaceH4's
+    ultrafeedback_binarized: ``prompt`` text, ``chosen``/``rejected`` = [user, assistant]): the conversations carry
+    the prompt, so their shared prefix is taken as it (TRL's ``maybe_extract_prompt`` does the same when the prompt is
+    text and the responses are conversational)."""
+    return (isinstance(prompt, str) and isinstance(chosen, list) and isinstance(rejected, list)
+            and len(chosen) > 1 and len(rejected) > 1 and isinstance(chosen[0], dict)
+            and isinstance(rejected[0], dict) and chosen[0].get("role") != "assistant" and _same(chosen[0], rejected[0]))
 
 
 def response_text(value: Any, where: str, ctx: RecordContext) -> str:

@@ -136,6 +136,25 @@ def test_trl_implicit_prompt_splits_the_common_prefix():
     assert ok[1].responses == ("Octopuses have three hearts.", "Facts are boring.")
 
 
+def test_text_prompt_beside_whole_conversations_takes_their_shared_prefix(tmp_path):
+    """HuggingFaceH4/ultrafeedback_binarized: `prompt` is text and `chosen`/`rejected` are whole conversations
+    [user, assistant]. The responses are the assistant turns and the prompt the conversation they share (TRL's
+    maybe_extract_prompt), not HH transcripts of the whole conversations; a text prompt beside single assistant
+    messages keeps the text prompt."""
+    user = {"role": "user", "content": "What colour is the sky?"}
+    rows = [{"prompt": "What colour is the sky?", "prompt_id": "a1", "score_chosen": 8.0, "score_rejected": 3.0,
+             "chosen": [user, {"role": "assistant", "content": "Blue."}],
+             "rejected": [user, {"role": "assistant", "content": "Green."}]},
+            {"prompt": "Say hi.", "chosen": [{"role": "assistant", "content": "Hi!"}],
+             "rejected": [{"role": "assistant", "content": "No."}]}]
+    f = tmp_path / "h4.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ok, rejects, fmt = read(f)
+    assert fmt == "pairwise" and not rejects
+    assert ok[0].prompt == [user] and ok[0].responses == ("Blue.", "Green.") and ok[0].ranks == (0, 1)
+    assert ok[1].prompt == "Say hi." and ok[1].responses == ("Hi!", "No.")
+
+
 def test_anthropic_hh():
     ok, rejects, fmt = read(FIXTURES / "hh_rlhf.jsonl")
     assert fmt == "hh"
