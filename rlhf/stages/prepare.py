@@ -90,9 +90,20 @@ def check_corpus(obj: Any, max_chars: int) -> tuple[dict | None, str | None]:
     return (None, reason) if reason else (obj, None)
 
 
+def repeats_a_user_turn(obj: dict) -> bool:
+    """A text ``prompt`` that is one of the user turns of the record's ``messages`` (HuggingFaceH4's ultrachat_200k
+    and no_robots: ``prompt``, ``prompt_id``, ``messages``): a copy, not a second shape."""
+    msgs, prompt = obj.get("messages"), obj.get("prompt")
+    return (isinstance(prompt, str) and "completion" not in obj and isinstance(msgs, list)
+            and any(isinstance(m, dict) and m.get("role") == "user" and m.get("content") == prompt for m in msgs))
+
+
 def check_sft(obj: Any, max_chars: int) -> tuple[dict | None, str | None]:
-    """prompt/completion as text, prompt as messages with a text or messages completion, or messages alone."""
+    """prompt/completion as text, prompt as messages with a text or messages completion, or messages alone (a text
+    prompt copying one of its user turns beside it is dropped: SFT learns the conversation, as TRL's SFT does)."""
     reason = _not_object(obj)
+    if reason is None and repeats_a_user_turn(obj):
+        obj = {k: v for k, v in obj.items() if k != "prompt"}
     if reason is None and "messages" in obj:
         reason = ("ambiguous record: both 'messages' and 'prompt'/'completion' (keep one shape)"
                   if "prompt" in obj or "completion" in obj
@@ -109,10 +120,13 @@ def check_sft(obj: Any, max_chars: int) -> tuple[dict | None, str | None]:
 
 
 def check_prompt(obj: Any, max_chars: int, has_split: bool, eval_fraction: float) -> tuple[dict | None, str | None]:
-    """A prompt (text or messages, or a messages column minus its final assistant turn) and its split."""
+    """A prompt (text or messages, or a messages column minus its final assistant turn) and its split. A text prompt
+    beside the messages it opens (HuggingFaceH4's layout) is the prompt, as TRL's online trainers read ``prompt``."""
     reason = _not_object(obj)
     if reason:
         return None, reason
+    if repeats_a_user_turn(obj):
+        obj = {k: v for k, v in obj.items() if k != "messages"}
     row = obj
     if "messages" in obj:
         if "prompt" in obj:

@@ -108,6 +108,24 @@ def test_sft_shapes_and_their_rejects(tmp_path):
         "field 'messages[0].content' must be a string"]
 
 
+def test_a_text_prompt_copying_a_user_turn_beside_messages_is_not_ambiguous(tmp_path):
+    """HuggingFaceH4's SFT sets (ultrachat_200k, no_robots) carry `prompt` (the first user turn), `prompt_id` and
+    `messages`: SFT learns the conversation, the prompt file takes the text prompt; a prompt that is not one of the
+    user turns stays ambiguous."""
+    conv = msgs(("user", "q one"), ("assistant", "a one"), ("user", "q two"), ("assistant", "a two"))
+    recs = [{"prompt": "q one", "prompt_id": "x1", "messages": conv},
+            {"prompt": "something else", "messages": conv}]
+    out, metrics = prepare(tmp_path, "jsonl", sft=recs, prompts=recs)
+    assert metrics["n_sft"] == 1
+    sft = rows(out / "sft_train.jsonl") + rows(out / "sft_val.jsonl")
+    assert sft == [{"prompt_id": "x1", "messages": conv}]
+    prompts = rows(out / "prompts_ppo.jsonl") + rows(out / "prompts_eval.jsonl")
+    assert [(r["prompt"], r["prompt_id"]) for r in prompts] == [("q one", "x1")]
+    assert [r["reason"] for r in rows(out / "rejects.jsonl")] == [
+        "ambiguous record: both 'messages' and 'prompt'/'completion' (keep one shape)",
+        "ambiguous record: both 'messages' and 'prompt' (keep one)"]
+
+
 def test_hashed_split_is_stable_and_follows_eval_fraction():
     prompts = [f"prompt {i}" for i in range(2000)]
     evals = sum(hashed_split(p, 0.1) == "eval" for p in prompts)
