@@ -114,6 +114,36 @@ def _covered_by_ancestor(project: Path) -> bool:
     return named and int(env) in _ancestors()
 
 
+def _alive(info: dict) -> bool:
+    """``info`` names a running process (on another host: taken as running, nothing here can tell)."""
+    pid = info.get("pid")
+    if not isinstance(pid, int):
+        return False
+    if info.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _live_holder(project: str | Path, wait_s: float = 2.0) -> dict:
+    """The holder lock.json names, for a process that just failed to take the lock. The holder takes the OS lock
+    first and writes lock.json after, so a process that tries in between would read no holder or the previous one
+    (gone): wait up to ``wait_s`` for lock.json to name a running process; {} if it never does."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        info = holder(project)
+        if _alive(info) and info.get("pid") != os.getpid():
+            return info
+        if time.monotonic() > deadline:
+            return {}
+        time.sleep(0.02)
+
+
 def _describe(info: dict, path: Path) -> str:
     if not info:
         return f"another process holds {path}"
@@ -145,11 +175,13 @@ def project_lock(what: str, project: str | Path = ".") -> Iterator[None]:
     try:
         lock.acquire()
     except Timeout:
-        raise _busy(path.parent.parent, path, holder(project), what) from None
+        raise _busy(path.parent.parent, path, _live_holder(project), what) from None
     token = secrets.token_hex(16)
     info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(
         [Path(sys.argv[0]).name, *sys.argv[1:]]) or what, "doing": what, "since": time.time(), "token": token}
-    path.with_suffix(".json").write_text(json.dumps(info) + "\n")
+    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")      # whole or not at all: a reader never sees half of it
+    tmp.write_text(json.dumps(info) + "\n")
+    os.replace(tmp, path.with_suffix(".json"))
     # After the new token is written (so a late accept_handover of the previous holder's token fails): a stage
     # handed over by an earlier holder that still runs keeps the project busy.
     if _is_held_elsewhere(delegate_path(project)):

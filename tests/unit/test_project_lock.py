@@ -104,3 +104,35 @@ def test_rlhf_stage_and_promote_refuse_while_another_process_holds_the_lock(held
         line = out.stderr.strip().splitlines()[-1]
         assert line.startswith("rlhf: error: ProjectLocked:") and f"pid {p.pid}" in line, (cmd, out.stderr)
     assert not (project / "artifacts").exists()              # the refused stage wrote nothing
+
+
+SLOW_NAMER = """
+import json, os, sys, time
+from filelock import FileLock
+from pathlib import Path
+lock = Path('.rlhf/lock'); lock.parent.mkdir(exist_ok=True)
+Path('.rlhf/lock.json').write_text(json.dumps({"pid": 999999, "host": os.uname().nodename, "command": "gone"}))
+with FileLock(str(lock), timeout=0):
+    print("held", flush=True)
+    time.sleep(0.5)                                 # the OS lock is held, lock.json still names a dead process
+    Path('.rlhf/lock.json').write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename,
+                                                   "command": "slow namer", "doing": "slow namer", "since": 0}))
+    time.sleep(120)
+"""
+
+
+def test_a_holder_that_has_not_named_itself_yet_is_waited_for_not_misnamed(tmp_path):
+    """A holder takes the OS lock and then writes lock.json: a second process that fails in between names the holder
+    once it has written itself (a short wait), never the previous, dead holder lock.json still names."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop(HOLDER_ENV, None)
+    p = subprocess.Popen([sys.executable, "-c", SLOW_NAMER], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        with pytest.raises(ProjectLocked) as e:
+            with project_lock("rlhf run", tmp_path):
+                pass
+        assert f"pid {p.pid}" in str(e.value) and "999999" not in str(e.value), str(e.value)
+    finally:
+        p.kill()
+        p.wait()
