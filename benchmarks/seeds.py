@@ -122,8 +122,8 @@ def run_seed(args, cfg, seed: int) -> dict:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """A killed worker leaves the old file or none, never half a JSON (rlhf.data.atomic_path)."""
-    from rlhf.data import atomic_path
+    """A killed worker leaves the old file or none, never half a JSON (rlhf.tempdirs.atomic_path)."""
+    from rlhf.tempdirs import atomic_path
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
 

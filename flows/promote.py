@@ -67,7 +67,7 @@ def _judged(name: str, pend, judge) -> dict:
 
 def _write(result: dict, path: str | None) -> dict:
     if path:
-        from rlhf.data import atomic_path
+        from rlhf.tempdirs import atomic_path
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
     return result

@@ -18,7 +18,7 @@ with ``tokenize=False`` and encode with ``add_special_tokens=False``, since the 
 """
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 Message = dict
 Prompt = Union[str, Sequence[Message]]
@@ -88,14 +88,21 @@ def render_prompt(tok, prompt: Prompt) -> str:
     return prompt if isinstance(prompt, str) else _flatten(as_messages(prompt))
 
 
-def check_prompts(tok, prompts: Sequence[Prompt], where: str) -> None:
-    """Render every prompt of a file before any weights load: the first one the renderer cannot use fails with one
-    line naming the file and line (e.g. a system message for a template without a system role)."""
-    for line, prompt in enumerate(prompts, 1):
+def per_line(where: str, rows: Sequence, fn: Callable[[Any], Any]) -> list:
+    """``fn`` over the rows of a file, in order; the first ChatError (a conversation the renderer cannot use, e.g. a
+    system message for a template without a system role) fails with one line naming the file and the row's line."""
+    out = []
+    for line, row in enumerate(rows, 1):
         try:
-            render_prompt(tok, prompt)
+            out.append(fn(row))
         except ChatError as e:
             raise ChatError(f"{where} line {line}: {e}") from None
+    return out
+
+
+def check_prompts(tok, prompts: Sequence[Prompt], where: str) -> None:
+    """Render every prompt of a file before any weights load (the first one the template refuses: ``per_line``)."""
+    per_line(where, prompts, lambda prompt: render_prompt(tok, prompt))
 
 
 def end_ids(tok) -> list[int]:

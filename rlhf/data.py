@@ -6,9 +6,6 @@ the last position, and the response of every row starts at the same index (conte
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -16,6 +13,7 @@ import torch
 
 from rlhf.chat import encode_prompt, encode_response  # noqa: F401  (the encoders live with the renderer)
 from rlhf.jsonl import iter_lines, json_line
+from rlhf.tempdirs import atomic_path
 
 
 class DataError(ValueError):
@@ -37,21 +35,6 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
 
 def load_jsonl(path: str | Path) -> list[dict]:
     return list(read_jsonl(path))
-
-
-@contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temp path in the target's folder; on success it replaces ``path`` atomically (no torn files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:

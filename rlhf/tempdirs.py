@@ -1,5 +1,5 @@
 """Temporary files and folders that name their owner, the rule for removing the ones a crash left behind, and
-atomic stage outputs (``atomic_output_dir``).
+atomic outputs (``atomic_output_dir`` for a stage's folder, ``atomic_path`` for one file).
 
 A writer (a checkpoint, a stage output, a JSON marker) works in ``.tmp-<name>-<host>-<pid>`` next to its target and
 renames it into place when done. Another process must not delete that folder while its owner is still writing (two
@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -139,3 +140,18 @@ def atomic_output_dir(out_dir: str | Path) -> Iterator[Path]:
     fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temp path in the target's folder; on success it replaces ``path`` atomically (no torn files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf.accel import model_device, to_device
-from rlhf.chat import ChatError, as_messages, assistant_mask
+from rlhf.chat import as_messages, assistant_mask, per_line
 from rlhf.config import TrainConfig
 from rlhf.data import batches, encode_prompt, encode_response, pad_left
 from rlhf.distributed import (SINGLE, DistContext, all_reduce_sum, backward_sum, check_batch, micro_batches,
@@ -54,13 +54,7 @@ def sft_examples(tokenizer, rows: list[dict], max_length: int, where: str = "sft
       cut on the left to fit) + the response and its end id (mask 1).
 
     A row the chat template refuses fails with one line naming ``where`` and the row's line."""
-    out = []
-    for line, r in enumerate(rows, 1):
-        try:
-            out.append(_sft_example(tokenizer, r, max_length))
-        except ChatError as e:
-            raise ChatError(f"{where} line {line}: {e}") from None
-    return out
+    return per_line(where, rows, lambda r: _sft_example(tokenizer, r, max_length))
 
 
 def _sft_example(tokenizer, r: dict, max_length: int) -> Example:

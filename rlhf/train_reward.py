@@ -10,7 +10,7 @@ bias recorded in its config (rlhf/reward_format.py).
 """
 from __future__ import annotations
 
-from rlhf.chat import prompt_key
+from rlhf.chat import per_line, prompt_key
 
 import time
 from dataclasses import dataclass
@@ -57,19 +57,19 @@ def response_ended(row: dict) -> list[bool]:
     return [True] * n
 
 
-def encode_groups(tokenizer, rows: list[dict], max_length: int, elo: Optional[dict] = None) -> list[Group]:
+def encode_groups(tokenizer, rows: list[dict], max_length: int, elo: Optional[dict] = None,
+                  where: str = "rankings") -> list[Group]:
     """Rankings rows {"prompt","responses","ranks","meta"} -> Groups. EOS is appended to responses that ended
-    (``response_ended``), so the reward model sees exactly what the policy produced."""
-    groups = []
-    for r in rows:
-        ended = response_ended(r)
+    (``response_ended``), so the reward model sees exactly what the policy produced. A prompt the chat template
+    refuses fails with one line naming ``where`` and the row's line."""
+    def group(r: dict) -> Group:
         seqs = []
-        for resp, e in zip(r["responses"], ended):
+        for resp, e in zip(r["responses"], response_ended(r)):
             rid = encode_response(tokenizer, resp, add_eos=bool(e))[: max_length - 1]
             seqs.append(encode_prompt(tokenizer, r["prompt"], max_length - len(rid)) + rid)
         targets = [float((elo or {}).get((prompt_key(r["prompt"]), resp), 0.0)) for resp in r["responses"]]
-        groups.append(Group(seqs, [int(x) for x in r["ranks"]], targets))
-    return groups
+        return Group(seqs, [int(x) for x in r["ranks"]], targets)
+    return per_line(where, rows, group)
 
 
 def pair_index(ranks: list[int], offset: int) -> list[tuple[int, int, float]]:

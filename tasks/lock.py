@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from rlhf.tempdirs import atomic_path, pid_alive
+
 LOCK_DIR = ".rlhf"
 HOLDER_ENV = "RLHF_LOCK_PID"
 
@@ -117,17 +119,7 @@ def _covered_by_ancestor(project: Path) -> bool:
 def _alive(info: dict) -> bool:
     """``info`` names a running process (on another host: taken as running, nothing here can tell)."""
     pid = info.get("pid")
-    if not isinstance(pid, int):
-        return False
-    if info.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return isinstance(pid, int) and (info.get("host") != socket.gethostname() or pid_alive(pid))
 
 
 def _live_holder(project: str | Path, wait_s: float = 2.0) -> dict:
@@ -179,9 +171,8 @@ def project_lock(what: str, project: str | Path = ".") -> Iterator[None]:
     token = secrets.token_hex(16)
     info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(
         [Path(sys.argv[0]).name, *sys.argv[1:]]) or what, "doing": what, "since": time.time(), "token": token}
-    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")      # whole or not at all: a reader never sees half of it
-    tmp.write_text(json.dumps(info) + "\n")
-    os.replace(tmp, path.with_suffix(".json"))
+    with atomic_path(path.with_suffix(".json")) as tmp:       # whole or not at all: a reader never sees half of it
+        tmp.write_text(json.dumps(info) + "\n")
     # After the new token is written (so a late accept_handover of the previous holder's token fails): a stage
     # handed over by an earlier holder that still runs keeps the project busy.
     if _is_held_elsewhere(delegate_path(project)):

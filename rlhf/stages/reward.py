@@ -65,20 +65,17 @@ def run(cfg: RewardConfig, on_log=None) -> StageResult:
     tok = load_tokenizer(cfg.model_path)
     if cfg.lora.r:
         distributed.refuse_sharded(dist, "reward.lora (LoRA)")
-    rankings = {name: load_jsonl(data / name) for name in ("rankings_train.jsonl", "rankings_val.jsonl")}
-    for name, rows in rankings.items():                  # every prompt through the template before weights load
-        check_prompts(tok, [r["prompt"] for r in rows], str(data / name))
+    elo = load_elo(data / "elo.jsonl") if cfg.loss == "elo" else None
+    train, val = (encode_groups(tok, load_jsonl(data / name), cfg.train.max_length, elo, str(data / name))
+                  for name in ("rankings_train.jsonl", "rankings_val.jsonl"))     # rendered before weights load
+    if not train:
+        raise ValueError(f"{data / 'rankings_train.jsonl'}: no ranked items to train on")
     if cfg.normalize:
         check_prompts(tok, [r["prompt"] for r in load_jsonl(cfg.prompts)], cfg.prompts)
     model = RewardModel.from_causal_lm_path(cfg.model_path, tok)
     if cfg.lora.r:
         model.trunk = accel.apply_lora(model.trunk, cfg.lora, causal_lm=False)
     accel.prepare(model, device, cfg.compute, hf=model.trunk)
-    elo = load_elo(data / "elo.jsonl") if cfg.loss == "elo" else None
-    train = encode_groups(tok, rankings["rankings_train.jsonl"], cfg.train.max_length, elo)
-    val = encode_groups(tok, rankings["rankings_val.jsonl"], cfg.train.max_length, elo)
-    if not train:
-        raise ValueError(f"{data / 'rankings_train.jsonl'}: no ranked items to train on")
     rec = Recorder(on_log if dist.is_main else None)
     inputs = inputs_signature(cfg.model_path, data, cfg.prompts)
     ckpt = CheckpointManager(cfg.out_dir, cfg.train.checkpoint_every, is_main=dist.is_main,

@@ -46,10 +46,13 @@ def run(cfg: SFTConfig, on_log=None) -> StageResult:
         tok.chat_template = read_template(cfg.chat_template)
     if cfg.lora.r:
         distributed.refuse_sharded(dist, "sft.lora (LoRA)")
-    data = Path(cfg.data_dir)                  # every row through the template before any weights load
-    train, val = (with_targets(sft_examples(tok, load_jsonl(data / name), cfg.train.max_length, str(data / name)),
-                               str(data / name), cfg.train.max_length, required=name == "sft_train.jsonl")
-                  for name in ("sft_train.jsonl", "sft_val.jsonl"))
+    data = Path(cfg.data_dir)
+
+    def examples(name: str, required: bool) -> list[Example]:      # every row through the template, before weights
+        where = str(data / name)
+        return with_targets(sft_examples(tok, load_jsonl(data / name), cfg.train.max_length, where), where,
+                            cfg.train.max_length, required)
+    train, val = examples("sft_train.jsonl", required=True), examples("sft_val.jsonl", required=False)
     model = load_causal_lm(model_path, tok, dtype=cfg.compute.dtype)
     if cfg.lora.r:
         model = accel.apply_lora(model, cfg.lora, causal_lm=True)
